@@ -1,0 +1,51 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Everything installs into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 || echo cpu)
+export DS_BUILD_OPS := 0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(VENV)/.installed
+
+# torch first, on its own: with no CUDA we take the CPU wheel; otherwise pip would resolve the
+# default (CUDA) build as a dependency of transformers/deepspeed and pull gigabytes.
+# deepspeed ships as an sdist whose setup.py imports torch, so it is built without isolation
+# against the torch we just installed (isolation would fetch a second, CUDA torch).
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q torch==$(TORCH_VERSION); \
+	else \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" || \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install -q --no-build-isolation -r requirements.lock
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: venv
+	$(PY) -m qa.demo
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	$(PY) bench/decode.py
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

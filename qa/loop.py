@@ -1,0 +1,309 @@
+"""The training and evaluation loops. Rank logic lives in the helpers they call."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list
+from torch.utils.data import Sampler
+from tqdm.auto import tqdm
+
+from qa import evaluate as qa_eval
+from qa.evaluation import gather_eval_logits
+from qa.perf import device_peak_tflops, flops_per_token, peak_memory_gb
+from qa.preemption import write_marker
+from qa.sampling import EpochBatchSampler
+
+if TYPE_CHECKING:
+    from qa.run import Run
+
+logger = logging.getLogger(__name__)
+
+COMPLETED, PREEMPTED = "completed", "preempted"
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Micro-batches cut from optimizer-step batches of ``micro * world * accumulation`` features.
+
+    A step's features are the same whatever the world size and accumulation split (1 rank x 4 ==
+    2 ranks x 2 == 1 rank x 2 x accumulation 2), so runs on different world sizes see identical data per
+    step. Chunk j of a step goes to rank j % world at accumulation micro-step j // world, which is how
+    Accelerate's BatchSamplerShard deals global batches round-robin. Partial step batches are dropped
+    (drop_last) so every rank runs whole accumulation cycles and DeepSpeed's boundary counter never
+    disagrees with Accelerate's.
+    """
+
+    def __init__(self, lengths: np.ndarray, micro: int, world: int, accumulation: int, *, seed: int,
+                 group_by_length: bool) -> None:
+        self.inner = EpochBatchSampler(lengths, micro * world * accumulation, group_by_length=group_by_length,
+                                       seed=seed, drop_last=True)
+        self.batch_size = micro
+        self.drop_last = True
+        self.micro = micro
+
+    @property
+    def sampler(self) -> StepBatchSampler:
+        return self  # Accelerate propagates set_epoch through ``.sampler``
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        out = []
+        for step in self.inner.batches():
+            out.extend(step[i: i + self.micro] for i in range(0, len(step), self.micro))
+        return iter(out)
+
+    def __len__(self) -> int:
+        return len(self.inner) * (self.inner.batch_size // self.micro)
+
+
+class _Meter:
+    """Sums local quantities between log lines; reduced across ranks only when logging."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        # On-device sums: no host sync per micro-step, only when a line is logged.
+        self.sums: torch.Tensor | float = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        row = torch.stack([
+            loss.detach().double(), torch.ones((), dtype=torch.float64, device=loss.device),
+            torch.tensor(float(batch["input_ids"].shape[0]), dtype=torch.float64, device=loss.device),
+            batch["attention_mask"].sum().double(),
+            torch.tensor(float(batch["input_ids"].numel()), dtype=torch.float64, device=loss.device),
+        ])
+        self.sums = self.sums + row
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k in names}
+
+
+def train(run: Run) -> str:
+    """Train from ``run.state`` to the end (or until preempted). Returns COMPLETED or PREEMPTED."""
+    acc, cfg, st = run.accelerator, run.cfg, run.state
+    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+    meter = _Meter()
+    n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
+    peak = device_peak_tflops()
+    bar = tqdm(total=run.total_steps, initial=st.global_step, desc="train",
+               disable=not acc.is_local_main_process)
+    t_start = time.perf_counter()
+    train_time_before = st.train_time_s
+    while st.epoch < run.num_epochs and st.global_step < run.total_steps:
+        run.train_sampler.set_epoch(st.epoch)
+        loader = run.train_loader
+        if st.batches_in_epoch:
+            loader = acc.skip_first_batches(run.train_loader, st.batches_in_epoch)
+        model.train()
+        for batch in loader:
+            with acc.accumulate(model):
+                out = model(**_model_inputs(batch, run.train_input_names))
+                loss = out.loss
+                acc.backward(loss)
+                grad_norm = None
+                if acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                if acc.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            st.batches_in_epoch += 1
+            meter.add(loss, batch)
+            if not acc.sync_gradients:
+                continue
+            st.global_step += 1
+            if acc.optimizer_step_was_skipped:
+                st.skipped_steps += 1
+            bar.update(1)
+            if st.global_step % cfg.logging_steps == 0 or st.global_step == run.total_steps:
+                _log_train(run, meter, grad_norm, n_params, peak)
+            if cfg.eval_steps and st.global_step % cfg.eval_steps == 0 and cfg.do_eval:
+                evaluate(run, tag="eval")
+                model.train()
+            if isinstance(cfg.checkpointing_steps, int) and st.global_step % cfg.checkpointing_steps == 0:
+                st.train_time_s = train_time_before + time.perf_counter() - t_start
+                save_checkpoint(run)
+            if run.preemption.should_stop(acc):
+                return _preempt(run, train_time_before + time.perf_counter() - t_start)
+            if st.global_step >= run.total_steps:
+                break
+        else:
+            st.epoch += 1
+            st.batches_in_epoch = 0
+            if cfg.checkpointing_steps == "epoch":
+                st.train_time_s = train_time_before + time.perf_counter() - t_start
+                save_checkpoint(run)
+            if cfg.do_eval and cfg.eval_steps is None and st.epoch < run.num_epochs:
+                evaluate(run, tag="eval")
+    bar.close()
+    st.train_time_s = train_time_before + time.perf_counter() - t_start
+    return COMPLETED
+
+
+def _log_train(run: Run, meter: _Meter, grad_norm: Any, n_params: int, peak: float | None) -> None:
+    acc, st = run.accelerator, run.state
+    dt = max(time.perf_counter() - meter.t0, 1e-9)
+    local = meter.sums if isinstance(meter.sums, torch.Tensor) else torch.zeros(5, dtype=torch.float64,
+                                                                                 device=acc.device)
+    tot = acc.reduce(local, reduction="sum") if acc.num_processes > 1 else local
+    loss_sum, loss_count, samples, tokens, padded = tot.tolist()
+    st.samples_seen += int(samples)
+    st.tokens_seen += int(tokens)
+    metrics: dict[str, float] = {
+        "train/loss": loss_sum / max(loss_count, 1),
+        "train/lr": float(run.scheduler.get_last_lr()[0]),
+        "train/epoch": st.epoch + st.batches_in_epoch / max(run.batches_per_epoch, 1),
+        "train/skipped_steps": float(st.skipped_steps),
+        "perf/samples_per_s": samples / dt,
+        "perf/tokens_per_s": tokens / dt,
+        "perf/padding_fraction": 1.0 - tokens / max(padded, 1),
+    }
+    if grad_norm is not None:
+        metrics["train/grad_norm"] = float(grad_norm)
+    scale = loss_scale(run)
+    if scale is not None:
+        metrics["train/loss_scale"] = scale
+    if peak is not None and samples:
+        seq = padded / samples
+        achieved = flops_per_token(run.model_config, n_params, seq) * tokens / dt / acc.num_processes
+        metrics["perf/mfu"] = achieved / (peak * 1e12)
+    mem = peak_memory_gb()
+    if mem is not None:
+        metrics["perf/peak_mem_gb"] = mem
+    run.tracker.log(metrics, step=st.global_step)
+    meter.reset()
+
+
+def loss_scale(run: Run) -> float | None:
+    """The fp16 dynamic loss scale, from DeepSpeed's optimizer or Accelerate's GradScaler."""
+    if run.precision != "fp16":
+        return None
+    opt = getattr(run.model, "optimizer", None)  # DeepSpeed engine
+    for obj in (opt, getattr(opt, "loss_scaler", None)):
+        for attr in ("cur_scale", "loss_scale"):
+            val = getattr(obj, attr, None)
+            if isinstance(val, int | float):
+                return float(val)
+    scaler = getattr(run.accelerator, "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None else None
+
+
+def save_checkpoint(run: Run) -> None:
+    export = None
+    if run.cfg.export_every_checkpoint:
+        def export(dest: Any) -> None:
+            export_model(run, dest)
+    path = run.checkpointer.save(run.state, export=export)
+    uri = run.checkpointer.s3_uri_for(f"checkpoints/{path.name}")
+    run.tracker.log_checkpoint(step=run.state.global_step, uri=uri or str(path))
+
+
+def _preempt(run: Run, train_time: float) -> str:
+    st = run.state
+    st.train_time_s = train_time
+    grace = run.cfg.preemption_grace_seconds
+    logger.warning("preemption signal: checkpointing at step %d (%.0fs of grace left)", st.global_step,
+                   run.preemption.remaining(grace))
+    save_checkpoint(run)
+    run.checkpointer.wait_uploads(max(1.0, run.preemption.remaining(grace)))
+    if run.accelerator.is_main_process:
+        write_marker(run.cfg.output_dir, st.global_step)
+    run.accelerator.wait_for_everyone()
+    return PREEMPTED
+
+
+def evaluate(run: Run, *, tag: str = "eval") -> dict[str, float]:
+    """Distributed forward, gather to rank 0, decode + score there; metrics returned on every rank."""
+    acc, cfg, data = run.accelerator, run.cfg, run.data
+    t0 = time.perf_counter()
+    gathered = gather_eval_logits(
+        acc, run.model, data.eval_features, input_names=run.eval_input_names, collate_fn=run.collator,
+        batch_size=cfg.per_device_eval_batch_size, seq_len=cfg.max_seq_length,
+        num_workers=0,
+    )
+    payload: list[Any] = [None]
+    if gathered is not None:
+        outcome = qa_eval.decode_and_score(
+            data.eval_examples, data.eval_arrays, gathered.start_logits, gathered.end_logits,
+            n_best_size=cfg.n_best_size, max_answer_length=cfg.max_answer_length,
+            version_2_with_negative=cfg.version_2_with_negative,
+            null_score_diff_threshold=cfg.null_score_diff_threshold,
+        )
+        qa_eval.write_eval_outputs(cfg.output_dir, outcome, version_2_with_negative=cfg.version_2_with_negative)
+        if cfg.save_logits:
+            qa_eval.save_eval_arrays(cfg.output_dir, data.eval_examples, data.eval_arrays,
+                                     gathered.start_logits, gathered.end_logits)
+        metrics = {f"{tag}/{k}": float(v) for k, v in outcome.metrics.items()}
+        for k, v in {**gathered.timings, **outcome.timings}.items():
+            metrics[f"{tag}/time_{k}"] = float(v)
+        metrics[f"{tag}/time_total_s"] = time.perf_counter() - t0
+        payload = [{"metrics": metrics, "table": _sample_table(run, outcome)}]
+    payload = broadcast_object_list(payload, from_process=0)
+    metrics, table = payload[0]["metrics"], payload[0]["table"]
+    run.tracker.log(metrics, step=run.state.global_step)
+    if table:
+        run.tracker.log_table(f"{tag}/samples", columns=table[0], rows=table[1], step=run.state.global_step)
+    f1 = metrics.get(f"{tag}/f1")
+    if f1 is not None and (run.state.best_f1 is None or f1 > run.state.best_f1):
+        run.state.best_f1 = f1
+    run.model.train()
+    return metrics
+
+
+def _sample_table(run: Run, outcome: Any) -> tuple[list[str], list[list[Any]]] | None:
+    """A fixed sample (same ids every evaluation) of predictions, to watch answers change over training."""
+    k = run.cfg.eval_sample_table_size
+    ex = run.data.eval_examples
+    if not k or not ex.ids:
+        return None
+    idx = np.linspace(0, len(ex.ids) - 1, num=min(k, len(ex.ids))).astype(int)
+    from qa.metrics import normalize_answer
+
+    rows = []
+    for i in idx:
+        qid = ex.ids[i]
+        pred = outcome.decoded.predictions.get(qid, "")
+        golds = ex.answers[i]
+        ok = any(normalize_answer(pred) == normalize_answer(g) for g in golds) if golds else pred == ""
+        question = ex.questions[i] if ex.questions else ""
+        rows.append([qid, question, ex.contexts[i][:300], " | ".join(golds), pred, bool(ok)])
+    return ["id", "question", "context", "gold", "predicted", "correct"], rows
+
+
+def export_model(run: Run, dest: Any) -> None:
+    """save_pretrained from a full state dict (gathered across ranks under ZeRO-3) plus the tokenizer."""
+    acc = run.accelerator
+    state_dict = acc.get_state_dict(run.model)  # collective under ZeRO-3
+    unwrapped = acc.unwrap_model(run.model)
+    unwrapped.save_pretrained(dest, is_main_process=acc.is_main_process, save_function=acc.save,
+                              state_dict=state_dict, safe_serialization=True)
+    if acc.is_main_process:
+        run.tokenizer.save_pretrained(dest)
+    acc.wait_for_everyone()
+
+
+def steps_per_epoch(batches_per_epoch: int, accumulation: int) -> int:
+    return max(1, batches_per_epoch // accumulation)
+
+
+def total_steps(cfg: Any, batches_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps, epochs): max_train_steps wins over num_train_epochs, as in run_qa_no_trainer."""
+    per_epoch = steps_per_epoch(batches_per_epoch, cfg.gradient_accumulation_steps)
+    if cfg.max_train_steps is not None:
+        return cfg.max_train_steps, math.ceil(cfg.max_train_steps / per_epoch)
+    return math.ceil(cfg.num_train_epochs * per_epoch), math.ceil(cfg.num_train_epochs)

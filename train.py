@@ -1,0 +1,45 @@
+"""Fine-tune an extractive QA model on SQuAD-format data.
+
+    accelerate launch train.py --config configs/squad_v1_distilbert.yaml [--key value ...]
+
+Read top to bottom: each line is one step of the run; the steps live in ``qa/``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from qa import loop, run as steps
+from qa.config import PREEMPTED_EXIT_CODE, ConfigError, load_config
+from qa.plan import describe_plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = load_config(argv)  # every key checked before any model or GPU work
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if cfg.dry_run:
+        print(describe_plan(cfg))  # the resolved plan, no weights loaded
+        return 0
+    run = steps.start(cfg)  # accelerator, S3 check, checkpoint to resume, tracker
+    steps.prepare_data(run)  # examples -> cached features (main process first)
+    steps.build_model(run)  # model, optimizer, schedule, loader through accelerate/DeepSpeed
+    steps.resume(run)  # model/optimizer/scheduler/RNG/data position, if resuming
+    if cfg.do_eval and cfg.eval_before_training:
+        loop.evaluate(run, tag="eval_before")  # the baseline the fine-tuning must beat
+    outcome = loop.train(run) if cfg.do_train else loop.COMPLETED
+    if outcome == loop.PREEMPTED:
+        steps.finish(run, outcome)  # upload finished within the grace period
+        return PREEMPTED_EXIT_CODE  # launch/ scripts requeue on this code
+    if cfg.do_eval:
+        loop.evaluate(run, tag="eval")  # gather logits, decode and score on rank 0
+    if cfg.do_train:
+        steps.export(run)  # save_pretrained + tokenizer to output_dir/final (and S3)
+    steps.finish(run, outcome)  # wait for uploads, summary, close tracker
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
