@@ -45,6 +45,7 @@ def _load_sampling() -> ModuleType:
     spec = importlib.util.spec_from_file_location("qa_sampling_bench", REPO / "qa" / "sampling.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
     spec.loader.exec_module(module)
     return module
 
@@ -254,6 +255,7 @@ class RunResult:
     peak_mem_gib: float
     mem_kind: str
     final_loss: float
+    shape: tuple[int, int, int]  # model_shape()
 
 
 def make_optimizer(kind: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -323,16 +325,15 @@ def run(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: lis
     result = RunResult(cfg, seconds, int(real.size), int(real.sum()), int(padded.sum()),
                        train_flops(real, non_embedding, layers, hidden),
                        train_flops(padded, non_embedding, layers, hidden),
-                       peak, mem_kind, float(loss))
-    del model, step_model, optimizer, host
+                       peak, mem_kind, float(loss), (non_embedding, layers, hidden))
     return result
 
 
 def print_report(results: list[RunResult], args: argparse.Namespace, windows: Windows, device: torch.device,
-                 peak_tflops: float | None, params: tuple[int, int, int]) -> None:
+                 peak_tflops: float | None) -> None:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    non_embedding, layers, hidden = params
+    non_embedding, layers, hidden = results[0].shape
     print(f"\n### Training throughput: {args.model} ({non_embedding / 1e6:.1f}M non-embedding params, "
           f"{layers} layers, hidden {hidden}), {args.dtype}, batch {args.batch_size}, "
           f"{args.steps} timed steps after {args.warmup} warmup\n")
@@ -410,11 +411,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"running {cfg.label} ...", file=sys.stderr, flush=True)
         results.append(run(cfg, args, windows, batches, device))
 
-    params = model_shape(build_model(args.model, "sdpa", torch.device("cpu")))
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":
         peak = gpu_peak_tflops(torch.cuda.get_device_name(device), args.dtype)
-    print_report(results, args, windows, device, peak, params)
+    print_report(results, args, windows, device, peak)
 
 
 if __name__ == "__main__":

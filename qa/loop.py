@@ -14,7 +14,6 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from qa import evaluate as qa_eval
 from qa.evaluation import gather_eval_logits
 from qa.perf import device_peak_tflops, flops_per_token, peak_memory_gb
 from qa.preemption import write_marker
@@ -229,6 +228,8 @@ def _preempt(run: Run, train_time: float) -> str:
 
 def evaluate(run: Run, *, tag: str = "eval") -> dict[str, float]:
     """Distributed forward, gather to rank 0, decode + score there; metrics returned on every rank."""
+    from qa import evaluate as qa_eval
+
     acc, cfg, data = run.accelerator, run.cfg, run.data
     t0 = time.perf_counter()
     gathered = gather_eval_logits(

@@ -110,6 +110,8 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
             os.environ.setdefault(key, val)
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(_free_port())
+        # The run config decides, whether or not `accelerate launch` was given --use_deepspeed.
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -120,7 +122,7 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         # Our batch sampler already makes equal batches per rank; eval pads explicitly (see qa.evaluation).
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         kwargs_handlers=kwargs_handlers,
-        cpu=not cuda,
+        step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
     )
     if cuda and cfg.tf32:
         # TF32 matmuls on Ampere+ are within fp16/bf16 training noise and markedly faster.
@@ -165,12 +167,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lname = name.lower()
-        if p.ndim < 2 or name.endswith(".bias") or "norm" in lname:
+        # Under ZeRO-3 the model is partitioned at load time (p.shape is empty); ds_shape is the real one.
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        if ndim < 2 or name.endswith(".bias") or "norm" in name.lower():
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> Any:

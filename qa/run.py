@@ -17,7 +17,6 @@ from transformers import DataCollatorWithPadding
 from qa import data as qa_data
 from qa.checkpoint import Checkpointer, TrainState
 from qa.config import TrainConfig, save_config
-from qa.evaluate import EvalExamples, EvalFeatures
 from qa.loop import StepBatchSampler, export_model, total_steps
 from qa.modeling import (
     build_accelerator,
@@ -149,6 +148,8 @@ def prepare_data(run: Run) -> None:
                 num_proc=num_proc, overwrite_cache=cfg.overwrite_cache,
                 source=cfg.train_file or f"{cfg.dataset_name}:train")
         if cfg.do_eval:
+            from qa.evaluate import EvalExamples, EvalFeatures
+
             eval_ex = qa_data.load_examples(
                 dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
                 data_file=cfg.validation_file, split="validation", max_samples=cfg.max_eval_samples,

@@ -422,20 +422,25 @@ class S3Store:
         return manifest
 
     def delete_prefix(self, key_prefix: str) -> int:
-        """Delete everything under ``key_prefix``; returns the number of objects deleted."""
+        """Delete every object under ``key_prefix`` (e.g. an old checkpoint); returns how many."""
         base = self._key(key_prefix)
         if not base:
             raise ValueError("refusing to delete the whole bucket: give a non-empty key prefix")
+        manifest_key = _join(base, MANIFEST_NAME)
         with self._errors(f"deleting s3://{self.bucket}/{base}/"):
-            # Manifest first: from that instant readers no longer see the upload as complete.
-            self.client.delete_object(Bucket=self.bucket, Key=_join(base, MANIFEST_NAME))
-            deleted = 0
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{base}/"):
-                keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-                if keys:
-                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
-                    deleted += len(keys)
-        return deleted
+            keys = [
+                obj["Key"]
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{base}/")
+                for obj in page.get("Contents", [])
+            ]
+            if manifest_key in keys:
+                # Manifest first: from that instant readers no longer see the upload as complete.
+                self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
+            rest = [k for k in keys if k != manifest_key]
+            for i in range(0, len(rest), 1000):  # DeleteObjects takes at most 1000 keys
+                batch = [{"Key": k} for k in rest[i : i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
 
 
 # -- background uploads ------------------------------------------------------------------------
@@ -474,7 +479,6 @@ class BackgroundUploader:
         self.max_delay_s = max_delay_s
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
-        self._current: _Job | None = None
         self._failed: list[str] = []
         self._done: list[str] = []
         self._closed = threading.Event()  # also interrupts backoff sleeps
@@ -493,10 +497,9 @@ class BackgroundUploader:
         return job.uri
 
     def pending(self) -> list[str]:
-        """URIs queued or in progress, oldest first."""
+        """URIs queued or in progress (the first one), oldest first."""
         with self._cond:
-            jobs = ([self._current] if self._current else []) + list(self._queue)
-            return [j.uri for j in jobs]
+            return [j.uri for j in self._queue]
 
     def failed(self) -> list[str]:
         """URIs whose upload was given up on."""
@@ -511,10 +514,8 @@ class BackgroundUploader:
     def wait(self, timeout_s: float | None = None) -> None:
         """Block until every submitted upload finished; UploadError naming the missing ones otherwise."""
         with self._cond:
-            self._cond.wait_for(lambda: self._current is None and not self._queue, timeout=timeout_s)
-            missing = list(self._failed)
-            missing += [self._current.uri] if self._current else []
-            missing += [j.uri for j in self._queue]
+            self._cond.wait_for(lambda: not self._queue, timeout=timeout_s)
+            missing = self._failed + [j.uri for j in self._queue]
         if missing:
             raise UploadError(f"{len(missing)} upload(s) did not reach S3: {', '.join(missing)}", missing)
 
@@ -539,12 +540,12 @@ class BackgroundUploader:
                 self._cond.wait_for(lambda: self._queue or self._closed.is_set())
                 if self._closed.is_set():
                     return
-                self._current = self._queue[0]
-            ok = self._upload_with_retries(self._current)
+                # The head stays queued while in progress, so pending()/wait() still count it.
+                job = self._queue[0]
+            ok = self._upload_with_retries(job)
             with self._cond:
-                job = self._queue.popleft()
+                self._queue.popleft()
                 (self._done if ok else self._failed).append(job.uri)
-                self._current = None
                 self._cond.notify_all()
 
     def _upload_with_retries(self, job: _Job) -> bool:

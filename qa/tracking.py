@@ -501,7 +501,9 @@ class Tracker:
             import wandb
 
             wandb.teardown()
-        except Exception:  # best-effort cleanup of a wandb that is already failing
+        # wandb.teardown() calls sys.exit() when its service process exited with an error; that must
+        # not end the training process.
+        except (Exception, SystemExit):
             logger.debug("wandb.teardown() failed", exc_info=True)
 
     # ---- failure handling ------------------------------------------------------------------------
@@ -656,6 +658,10 @@ class Tracker:
                     tracker.finish()
 
         self._guarded("finish", close)
+        # run.finish() can return before wandb's service process has flushed the run's files (seen
+        # with offline runs); tearing the service down waits for it, so the files are complete
+        # before the sync command below is printed.
+        self._teardown_wandb()
         if self._wandb_failures:
             logger.info("%d W&B call(s) failed during this run", self._wandb_failures)
         if offline:

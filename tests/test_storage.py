@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,16 @@ from qa.storage import (
 )
 
 try:  # tests/ is a rootdir package or a plain directory on sys.path, depending on the layout
-    from tests.s3_fixtures import SECRET_SENTINEL, S3TestServer, isolated_aws_env, s3_bucket, s3_server  # noqa: F401
+    from tests.s3_fixtures import (  # noqa: F401
+        SECRET_SENTINEL,
+        S3TestServer,
+        isolated_aws_env,
+        s3_bucket,
+        s3_env,
+        s3_server,
+    )
 except ImportError:
-    from s3_fixtures import SECRET_SENTINEL, S3TestServer, isolated_aws_env, s3_bucket, s3_server  # noqa: F401
+    from s3_fixtures import SECRET_SENTINEL, S3TestServer, isolated_aws_env, s3_bucket, s3_env, s3_server  # noqa: F401
 
 MiB = 1024 * 1024
 RUN = "run-1/checkpoints"
@@ -39,7 +46,7 @@ def _no_aws_leaks(isolated_aws_env: None) -> None:
 
 
 @pytest.fixture
-def server_up_after(s3_server: S3TestServer) -> S3TestServer:
+def server_up_after(s3_server: S3TestServer) -> Iterator[S3TestServer]:
     """For tests that stop the shared server: it is running again afterwards, pass or fail."""
     yield s3_server
     s3_server.ensure_running()
@@ -134,7 +141,7 @@ def test_round_trip_multipart_manifest_last(s3_server: S3TestServer, s3_bucket: 
 
     # An upload without manifest (e.g. interrupted) does not count as a checkpoint.
     store.client.put_object(Bucket=s3_bucket, Key=f"exp/{RUN}/step_0000200/config.json", Body=b"{}")
-    store.upload_dir(make_checkpoint(tmp_path / "step_0000050"), f"{RUN}/step_0000050")
+    small = store.upload_dir(make_checkpoint(tmp_path / "step_0000050"), f"{RUN}/step_0000050")
     assert store.list_complete(RUN) == ["step_0000050", "step_0000100"]
     assert store.list_complete("run-2/checkpoints") == []
 
@@ -145,7 +152,7 @@ def test_round_trip_multipart_manifest_last(s3_server: S3TestServer, s3_bucket: 
     # Re-uploading a downloaded checkpoint skips its manifest.json instead of uploading it as data.
     assert MANIFEST_NAME not in store.upload_dir(dest, "copy")["files"]
 
-    assert store.delete_prefix(f"{RUN}/step_0000050") == len(manifest["files"])
+    assert store.delete_prefix(f"{RUN}/step_0000050") == len(small["files"]) + 1  # + manifest
     assert store.list_complete(RUN) == ["step_0000100"]
 
 
@@ -241,6 +248,18 @@ def test_server_killed_mid_multipart_then_retry(server_up_after: S3TestServer, s
 
 
 @pytest.mark.s3
+def test_store_uses_standard_aws_env_chain(s3_env: dict[str, str], s3_bucket: str, tmp_path: Path) -> None:
+    # No endpoint or keys passed: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... are picked up by boto3.
+    # "localhost" rather than 127.0.0.1 also exercises path-style addressing for non-AWS endpoints.
+    os.environ["AWS_ENDPOINT_URL"] = s3_env["AWS_ENDPOINT_URL"].replace("127.0.0.1", "localhost")
+    store = S3Store(f"s3://{s3_bucket}/env")
+    assert store.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+    store.check()
+    store.upload_dir(make_checkpoint(tmp_path / "ckpt"), "ckpt")
+    assert store.list_complete() == ["ckpt"]
+
+
+@pytest.mark.s3
 def test_check_rejects_wrong_credentials(s3_server: S3TestServer, s3_bucket: str) -> None:
     wrong_secret = f"{SECRET_SENTINEL}-wrong"
     cases = {
@@ -316,6 +335,7 @@ def test_secrets_never_logged_or_stored(
     assert store.list_complete("") == ["ckpt"]
 
     stored_manifest = json.dumps(store.read_manifest("ckpt"))
-    server_logs = "".join(p.read_text(errors="replace") for p in s3_server.data_dir.rglob("*.log*") if p.is_file())
+    weed_logs = [s3_server.log_path, *(s3_server.data_dir / "logs").iterdir()]
+    server_logs = "".join(p.read_text(errors="replace") for p in weed_logs if p.is_file())
     for text in [caplog.text, json.dumps(manifest), stored_manifest, server_logs, *messages]:
         assert SECRET_SENTINEL not in text
