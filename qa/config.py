@@ -58,6 +58,10 @@ class TrainConfig:
     num_train_epochs: float = 2.0
     max_train_steps: int | None = None
     gradient_accumulation_steps: int = 1
+    # Optional global batch (per_device_train_batch_size x world size x accumulation); when set, the
+    # dry run and start-up check that this launch can make it, so a plan written for 8 GPUs cannot
+    # silently run with another batch on 4.
+    total_train_batch_size: int | None = None
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     num_warmup_steps: int = 0
     seed: int = 42
@@ -208,7 +212,7 @@ def _check(cfg: TrainConfig, *, check_files: bool = True) -> None:
     need(cfg.learning_rate > 0 or not cfg.do_train, "learning_rate", "must be positive when training")
     for key in ("adam_beta1", "adam_beta2"):
         need(0 <= getattr(cfg, key) < 1, key, f"must be in [0, 1), got {getattr(cfg, key)}")
-    for key in ("max_train_samples", "max_eval_samples", "max_train_steps", "eval_steps",
+    for key in ("max_train_samples", "max_eval_samples", "max_train_steps", "eval_steps", "total_train_batch_size",
                 "preprocessing_num_workers", "save_total_limit"):
         v = getattr(cfg, key)
         need(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")

@@ -170,6 +170,23 @@ def _generate(path: str, mtime_ns: int, size: int, skip: bool, is_train: bool) -
     yield from records
 
 
+_FEATURES = datasets.Features({
+    "id": datasets.Value("string"), "title": datasets.Value("string"),
+    "context": datasets.Value("string"), "question": datasets.Value("string"),
+    "answers": {"text": datasets.Sequence(datasets.Value("string")),
+                "answer_start": datasets.Sequence(datasets.Value("int32"))},
+})
+
+
+def _from_generator(data_file: str, st: os.stat_result, skip: bool, is_train: bool) -> datasets.Dataset:
+    return datasets.Dataset.from_generator(
+        _generate,
+        gen_kwargs={"path": str(Path(data_file).resolve()), "mtime_ns": st.st_mtime_ns, "size": st.st_size,
+                    "skip": skip, "is_train": is_train},
+        features=_FEATURES,
+    )
+
+
 def load_examples(*, dataset_name: str | None, dataset_config_name: str | None, data_file: str | None,
                   split: str, skip_misaligned: bool = False, max_samples: int | None = None,
                   version_2_with_negative: bool = False) -> datasets.Dataset:
@@ -179,17 +196,14 @@ def load_examples(*, dataset_name: str | None, dataset_config_name: str | None, 
         # Our own validating reader (clear errors naming file and id); from_generator caches the result
         # under a fingerprint of its arguments so the features built on it are cached too.
         st = os.stat(data_file)
-        ds = datasets.Dataset.from_generator(
-            _generate,
-            gen_kwargs={"path": str(Path(data_file).resolve()), "mtime_ns": st.st_mtime_ns,
-                        "size": st.st_size, "skip": skip_misaligned, "is_train": is_train},
-            features=datasets.Features({
-                "id": datasets.Value("string"), "title": datasets.Value("string"),
-                "context": datasets.Value("string"), "question": datasets.Value("string"),
-                "answers": {"text": datasets.Sequence(datasets.Value("string")),
-                            "answer_start": datasets.Sequence(datasets.Value("int32"))},
-            }),
-        )
+        try:
+            ds = _from_generator(data_file, st, skip_misaligned, is_train)
+        except datasets.exceptions.DatasetGenerationError as e:
+            # datasets wraps our error; users should see the file and example id, not a generic failure.
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, DataError):
+                raise cause from None
+            raise
     else:
         if dataset_name is None:
             raise DataError(f"no data for split {split!r}: set dataset_name or a local file")
@@ -238,11 +252,16 @@ def _tokenize(batch: Mapping[str, Sequence[Any]], tokenizer: Any, max_seq_length
 
 
 def prepare_train_features(batch: Mapping[str, Sequence[Any]], *, tokenizer: Any, max_seq_length: int,
-                           doc_stride: int, source: str = "train") -> dict[str, list[Any]]:
-    """Windows with ``start_positions``/``end_positions``: the answer's tokens, or CLS if not wholly inside."""
+                           doc_stride: int, source: str = "train",
+                           keep_offsets: bool = False) -> dict[str, list[Any]]:
+    """Windows with ``start_positions``/``end_positions``: the answer's tokens, or CLS if not wholly inside.
+
+    ``keep_offsets`` (tests, audits) also returns ``offset_mapping`` and ``example_index`` so a label can be
+    mapped back to characters of the context.
+    """
     enc, _, pad_on_right = _tokenize(batch, tokenizer, max_seq_length, doc_stride, source)
     sample_map = enc.pop("overflow_to_sample_mapping")
-    offsets_all = enc.pop("offset_mapping")
+    offsets_all = enc["offset_mapping"] if keep_offsets else enc.pop("offset_mapping")
     context_id = 1 if pad_on_right else 0
     starts: list[int] = []
     ends: list[int] = []
@@ -270,6 +289,8 @@ def prepare_train_features(batch: Mapping[str, Sequence[Any]], *, tokenizer: Any
         starts.append(tok_start - 1)
         ends.append(tok_end + 1)
     out = dict(enc)
+    if keep_offsets:
+        out["example_index"] = list(sample_map)
     out["start_positions"] = starts
     out["end_positions"] = ends
     out["length"] = [len(x) for x in enc["input_ids"]]

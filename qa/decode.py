@@ -16,6 +16,7 @@ import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,8 @@ def pack_offsets(offset_mapping: Sequence[Sequence[tuple[int, int] | list[int] |
                  seq_len: int | None = None) -> np.ndarray:
     """Ragged per-feature offset lists -> int32 ``[n_features, L, 2]``, -1 for non-context and padding.
 
-    ``None`` entries (the usual marker for question/special tokens) become ``(-1, -1)``; rows longer than
-    ``seq_len`` are cut, shorter ones padded. ``L`` defaults to the longest row.
+    ``None`` entries (the usual marker for question/special tokens) become ``(-1, -1)``, as do
+    positions past a row's end; rows longer than ``seq_len`` are cut. ``L`` defaults to the longest row.
     """
     if isinstance(offset_mapping, np.ndarray) and offset_mapping.dtype != object:
         arr = offset_mapping.reshape(offset_mapping.shape[0], -1, 2)
@@ -51,18 +52,15 @@ def pack_offsets(offset_mapping: Sequence[Sequence[tuple[int, int] | list[int] |
         n = min(length, arr.shape[1])
         out[:, :n] = arr[:, :n]
         return out
-    lengths = [len(row) for row in offset_mapping]
-    length = max(lengths, default=0) if seq_len is None else seq_len
-    out = np.full((len(lengths), length, 2), -1, dtype=np.int32)
-    if length == 0 or not lengths:
-        return out
-    # One flat int list and one conversion: much cheaper than a NumPy array per row.
-    flat = [x for row in offset_mapping for p in row[:length] for x in (_NO_OFFSET if p is None else p)]
-    values = np.array(flat, dtype=np.int32).reshape(-1, 2)
-    kept = np.minimum(np.asarray(lengths, dtype=np.int64), length)
-    rows = np.repeat(np.arange(len(lengths)), kept)
-    cols = np.arange(values.shape[0]) - np.repeat(np.cumsum(kept) - kept, kept)
-    out[rows, cols] = values
+    lengths = np.fromiter((len(row) for row in offset_mapping), dtype=np.int64, count=len(offset_mapping))
+    length = int(lengths.max(initial=0)) if seq_len is None else seq_len
+    out = np.full((lengths.shape[0], length, 2), -1, dtype=np.int32)
+    kept = np.minimum(lengths, length)
+    rows = (row if len(row) <= length else row[:length] for row in offset_mapping)
+    # One flat stream of ints into one fromiter: ~10x cheaper than a NumPy array per row.
+    values = np.fromiter(chain.from_iterable(_NO_OFFSET if p is None else p for row in rows for p in row),
+                         dtype=np.int32, count=2 * int(kept.sum()))
+    out[np.arange(length) < kept[:, None]] = values.reshape(-1, 2)
     return out
 
 
@@ -143,16 +141,24 @@ def _group_sort(group: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Permutation sorting by (group asc, score desc), ties in input order: ``np.lexsort((-score, group))``.
 
     Done as two plain argsorts (score, then an exact int64 composite key) because numpy's SIMD
-    quicksort is ~5x faster than lexsort here; stability is only needed, and only paid for, on ties.
+    quicksort is several times faster than lexsort here. Only a tie inside one group makes the
+    (unstable) first sort observable; then, and only then, it is redone stably.
     """
     n = score.shape[0]
-    by_score = np.argsort(-score)
-    ordered = score[by_score]
-    if n > 1 and (ordered[1:] == ordered[:-1]).any():
-        by_score = np.argsort(-score, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_score] = np.arange(n)
-    return np.argsort(group.astype(np.int64) * max(n, 1) + rank)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    group = group.astype(np.int64)
+
+    def by(score_order: np.ndarray) -> np.ndarray:
+        rank = np.empty(n, dtype=np.int64)
+        rank[score_order] = np.arange(n)
+        return np.argsort(group * n + rank)
+
+    order = by(np.argsort(-score))
+    g, sc = group[order], score[order]
+    if ((g[1:] == g[:-1]) & (sc[1:] == sc[:-1])).any():
+        order = by(np.argsort(-score, kind="stable"))
+    return order
 
 
 def _group_starts(sorted_groups: np.ndarray) -> np.ndarray:

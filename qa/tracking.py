@@ -337,6 +337,13 @@ def _as_reference_uri(uri: str) -> str:
     return Path(uri).resolve().as_uri()
 
 
+def _describe(exc: BaseException) -> str:
+    # wandb's messages run over several lines (hints, URLs); one short, redacted line is enough here.
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return redact(text if len(text) <= 300 else text[:297] + "...")
+
+
 def _print_line(line: str) -> None:
     print(line, flush=True)
 
@@ -398,14 +405,22 @@ class Tracker:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out / METRICS_FILENAME
-        self.environment = redact(collect_environment(accelerator))
-        full_config = _jsonable({**dict(config or {}), "environment": self.environment})
+        try:
+            self.environment = redact(collect_environment(accelerator))
+        except Exception as exc:  # a probe failing (odd driver, broken git) must not stop training
+            logger.warning("could not collect the run environment: %s", _describe(exc))
+            self.environment = {"error": _describe(exc)}
+        # redact() also turns a config dataclass into a dict.
+        base = redact(config) if config is not None else {}
+        if not isinstance(base, dict):
+            base = {"config": base}
+        full_config = _jsonable({**base, "environment": self.environment})
         logger.info(
             "tracking run %s: world_size=%s gpu=%s git=%s",
             self.run_id,
-            self.environment["world_size"],
-            self.environment["gpu"],
-            self.environment["git_commit"],
+            self.environment.get("world_size"),
+            self.environment.get("gpu"),
+            self.environment.get("git_commit"),
         )
         if use_wandb:
             init_kwargs = tracker_init_kwargs(
@@ -464,7 +479,7 @@ class Tracker:
         except Exception as first:
             if requested.lower() in _NON_ONLINE_MODES:
                 self._teardown_wandb()
-                self._warn_wandb(f"W&B failed to start ({first!r}); continuing without W&B")
+                self._warn_wandb(f"W&B failed to start ({_describe(first)}); continuing without W&B")
                 return
             # The failed online run stays registered in wandb's service process, and a retry with
             # the same id is refused ("run ID ... is in use") until the service is torn down.
@@ -474,11 +489,12 @@ class Tracker:
             except Exception as second:
                 self._teardown_wandb()
                 self._warn_wandb(
-                    f"W&B failed to start online ({first!r}) and offline ({second!r}); continuing without W&B"
+                    f"W&B failed to start online ({_describe(first)}) and offline ({_describe(second)}); "
+                    "continuing without W&B"
                 )
                 return
             self._warn_wandb(
-                f"W&B failed to start online ({first!r}); logging to an offline run instead "
+                f"W&B failed to start online ({_describe(first)}); logging to an offline run instead "
                 f"(upload it later with `wandb sync`)"
             )
         self.mode = self._detect_mode(self._run)
@@ -526,7 +542,7 @@ class Tracker:
         except Exception as exc:
             self._wandb_failures += 1
             self._warn_wandb(
-                f"W&B {what} failed ({exc!r}); training continues and the console and "
+                f"W&B {what} failed ({_describe(exc)}); training continues and the console and "
                 f"{METRICS_FILENAME} are unaffected (further W&B errors are logged at DEBUG level)"
             )
 
@@ -543,7 +559,9 @@ class Tracker:
         except OSError as exc:
             if not self._file_warned:
                 self._file_warned = True
-                logger.warning("cannot append to %s (%r); metrics go to the console only", self.metrics_path, exc)
+                logger.warning(
+                    "cannot append to %s (%r); metrics go to the console only", self.metrics_path, exc
+                )
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log scalar metrics for ``step`` to the console, metrics.jsonl and W&B (main process only)."""
@@ -595,7 +613,9 @@ class Tracker:
                 {"checkpoint/latest_step": step, "checkpoint/latest_uri": safe_uri}
             ),
         )
-        self._guarded("log_checkpoint", lambda: self._log_reference_artifact(step, safe_uri, aliases, metadata))
+        self._guarded(
+            "log_checkpoint", lambda: self._log_reference_artifact(step, safe_uri, aliases, metadata)
+        )
 
     def _log_reference_artifact(
         self, step: int, uri: str, aliases: Sequence[str], metadata: Mapping[str, Any] | None
