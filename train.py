@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from qa import loop, run as steps
+from qa import loop
+from qa import run as steps
 from qa.config import PREEMPTED_EXIT_CODE, ConfigError, load_config
 from qa.plan import describe_plan
 

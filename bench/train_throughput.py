@@ -111,11 +111,21 @@ def load_real_windows(data_dir: Path, max_seq_length: int) -> Windows | None:
             for qa in paragraph["qas"]:
                 questions.append(qa["question"].lstrip())
                 contexts.append(paragraph["context"])
-    enc = tokenizer(questions, contexts, truncation="only_second", max_length=max_seq_length, stride=128,
-                    return_overflowing_tokens=True)
+    enc = tokenizer(
+        questions,
+        contexts,
+        truncation="only_second",
+        max_length=max_seq_length,
+        stride=128,
+        return_overflowing_tokens=True,
+    )
     ids = enc["input_ids"]
-    return Windows(ids, enc["token_type_ids"], np.array([len(x) for x in ids], dtype=np.int64),
-                   f"SQuAD v1.1 dev, real windows ({len(ids)})")
+    return Windows(
+        ids,
+        enc["token_type_ids"],
+        np.array([len(x) for x in ids], dtype=np.int64),
+        f"SQuAD v1.1 dev, real windows ({len(ids)})",
+    )
 
 
 def synthetic_windows(max_seq_length: int, n: int = 10_822, seed: int = 0) -> Windows:
@@ -142,8 +152,14 @@ def plan_batches(lengths: np.ndarray, batch_size: int, count: int, seed: int) ->
     return out[:count]
 
 
-def collate(windows: Windows, batch: list[int], pad_to: int, with_token_types: bool,
-            rng: np.random.Generator, pin: bool) -> dict[str, torch.Tensor]:
+def collate(
+    windows: Windows,
+    batch: list[int],
+    pad_to: int,
+    with_token_types: bool,
+    rng: np.random.Generator,
+    pin: bool,
+) -> dict[str, torch.Tensor]:
     n = len(batch)
     ids = torch.zeros(n, pad_to, dtype=torch.long)
     mask = torch.zeros(n, pad_to, dtype=torch.long)
@@ -158,8 +174,12 @@ def collate(windows: Windows, batch: list[int], pad_to: int, with_token_types: b
         s = int(rng.integers(0, length))
         starts.append(s)
         ends.append(min(length - 1, s + int(rng.integers(0, 8))))
-    out = {"input_ids": ids, "attention_mask": mask,
-           "start_positions": torch.tensor(starts), "end_positions": torch.tensor(ends)}
+    out = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "start_positions": torch.tensor(starts),
+        "end_positions": torch.tensor(ends),
+    }
     if with_token_types:
         out["token_type_ids"] = types
     if pin:
@@ -180,8 +200,13 @@ def build_model(name: str, attn: str, device: torch.device) -> torch.nn.Module:
         config = DistilBertConfig(vocab_size=BERT_CASED_VOCAB)
     else:
         # google/bert_uncased_L-2_H-128_A-2 ("bert-tiny") shape with the cased vocabulary.
-        config = BertConfig(vocab_size=BERT_CASED_VOCAB, hidden_size=128, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=512)
+        config = BertConfig(
+            vocab_size=BERT_CASED_VOCAB,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=512,
+        )
     torch.manual_seed(0)  # same initial weights for every run
     model = AutoModelForQuestionAnswering.from_config(config, attn_implementation=attn)
     return model.to(device).train()
@@ -268,8 +293,9 @@ def make_optimizer(kind: str, params: list[torch.nn.Parameter]) -> torch.optim.O
     return torch.optim.AdamW(params, foreach=False, fused=False, **kw)
 
 
-def run(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: list[list[int]],
-        device: torch.device) -> RunResult:
+def run(
+    cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: list[list[int]], device: torch.device
+) -> RunResult:
     _reset_peak_memory(device)
     model = build_model(args.model, cfg.attn, device)
     non_embedding, layers, hidden = model_shape(model)
@@ -283,8 +309,11 @@ def run(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: lis
     host = []
     pads = []
     for b in batches:
-        pad_to = args.max_seq_length if cfg.pad_to_max else \
-            -(-int(windows.lengths[b].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        pad_to = (
+            args.max_seq_length
+            if cfg.pad_to_max
+            else -(-int(windows.lengths[b].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        )
         pads.append(pad_to)
         host.append(collate(windows, b, pad_to, with_types, rng, pin=device.type == "cuda"))
 
@@ -293,8 +322,9 @@ def run(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: lis
         start, end = inputs.pop("start_positions"), inputs.pop("end_positions")
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = step_model(**inputs)
-            loss = sampling.padding_invariant_qa_loss(out.start_logits, out.end_logits,
-                                                      inputs["attention_mask"], start, end)
+            loss = sampling.padding_invariant_qa_loss(
+                out.start_logits, out.end_logits, inputs["attention_mask"], start, end
+            )
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -305,7 +335,11 @@ def run(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: lis
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    warm, timed = host[: args.warmup], host[args.warmup:]
+    warm, timed = host[: args.warmup], host[args.warmup :]
+    if cfg.compile:
+        # Dynamic-shape graphs still specialise on a few guards (e.g. batch*seq <= 4096 in torch 2.13),
+        # so compile for the shortest and longest planned shapes before the clock starts.
+        warm = warm + [host[int(np.argmin(pads))], host[int(np.argmax(pads))]]
     for inputs in warm:
         step(inputs)
     if device.type == "cuda":
@@ -318,35 +352,71 @@ def run(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: lis
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
 
-    timed_batches = batches[args.warmup:]
+    timed_batches = batches[args.warmup :]
     real = np.concatenate([windows.lengths[b] for b in timed_batches])
-    padded = np.concatenate([np.full(len(b), p) for b, p in zip(timed_batches, pads[args.warmup:], strict=True)])
+    padded = np.concatenate(
+        [np.full(len(b), p) for b, p in zip(timed_batches, pads[args.warmup :], strict=True)]
+    )
     peak, mem_kind = _peak_memory(device)
-    result = RunResult(cfg, seconds, int(real.size), int(real.sum()), int(padded.sum()),
-                       train_flops(real, non_embedding, layers, hidden),
-                       train_flops(padded, non_embedding, layers, hidden),
-                       peak, mem_kind, float(loss), (non_embedding, layers, hidden))
+    result = RunResult(
+        cfg,
+        seconds,
+        int(real.size),
+        int(real.sum()),
+        int(padded.sum()),
+        train_flops(real, non_embedding, layers, hidden),
+        train_flops(padded, non_embedding, layers, hidden),
+        peak,
+        mem_kind,
+        float(loss),
+        (non_embedding, layers, hidden),
+    )
     return result
 
 
-def print_report(results: list[RunResult], args: argparse.Namespace, windows: Windows, device: torch.device,
-                 peak_tflops: float | None) -> None:
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def print_report(
+    results: list[RunResult],
+    args: argparse.Namespace,
+    windows: Windows,
+    device: torch.device,
+    peak_tflops: float | None,
+) -> None:
+    dev_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     non_embedding, layers, hidden = results[0].shape
-    print(f"\n### Training throughput: {args.model} ({non_embedding / 1e6:.1f}M non-embedding params, "
-          f"{layers} layers, hidden {hidden}), {args.dtype}, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup} warmup\n")
+    print(
+        f"\n### Training throughput: {args.model} ({non_embedding / 1e6:.1f}M non-embedding params, "
+        f"{layers} layers, hidden {hidden}), {args.dtype}, batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup} warmup\n"
+    )
     print(f"- device: {dev_name}; torch {torch.__version__}")
-    print(f"- data: {windows.source}; mean window {windows.lengths.mean():.1f} real tokens, "
-          f"max_seq_length {args.max_seq_length}")
+    print(
+        f"- data: {windows.source}; mean window {windows.lengths.mean():.1f} real tokens, "
+        f"max_seq_length {args.max_seq_length}"
+    )
     peak_note = f"{peak_tflops:g} TFLOP/s peak" if peak_tflops else "peak unknown (pass --peak_tflops)"
     if device.type == "cuda":
-        print(f"- MFU = useful model FLOPs / time / peak ({peak_note}); useful FLOPs count REAL tokens only "
-              "(6N + 12*L*d*s per token, s = the window's real length); 'executed' counts padded positions")
+        print(
+            f"- MFU = useful model FLOPs / time / peak ({peak_note}); useful FLOPs count REAL tokens only "
+            "(6N + 12*L*d*s per token, s = the window's real length); 'executed' counts padded positions"
+        )
     print()
-    header = ["run", "padding", "attention", "AdamW", "samples/s", "real tokens/s", "padding fraction",
-              "peak memory (GiB)", "useful TFLOP/s", "MFU (useful)", "executed-FLOP util"]
+    header = [
+        "run",
+        "padding",
+        "attention",
+        "AdamW",
+        "samples/s",
+        "real tokens/s",
+        "padding fraction",
+        "peak memory (GiB)",
+        "useful TFLOP/s",
+        "MFU (useful)",
+        "executed-FLOP util",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for r in results:
@@ -358,15 +428,27 @@ def print_report(results: list[RunResult], args: argparse.Namespace, windows: Wi
         else:
             mfu = hfu = "n/a" if device.type == "cuda" else "n/a (CPU)"
         padding = f"max ({args.max_seq_length})" if c.pad_to_max else f"grouped, batch max ↑{PAD_MULTIPLE}"
-        row = [c.label + (" +compile" if c.compile else ""), padding, c.attn, c.optimizer,
-               f"{r.samples / r.seconds:.2f}", f"{r.real_tokens / r.seconds:,.0f}",
-               f"{1 - r.real_tokens / r.padded_tokens:.1%}", f"{r.peak_mem_gib:.2f} ({r.mem_kind})",
-               f"{useful_tflops:.3f}", mfu, hfu]
+        row = [
+            c.label + (" +compile" if c.compile else ""),
+            padding,
+            c.attn,
+            c.optimizer,
+            f"{r.samples / r.seconds:.2f}",
+            f"{r.real_tokens / r.seconds:,.0f}",
+            f"{1 - r.real_tokens / r.padded_tokens:.1%}",
+            f"{r.peak_mem_gib:.2f} ({r.mem_kind})",
+            f"{useful_tflops:.3f}",
+            mfu,
+            hfu,
+        ]
         print("| " + " | ".join(row) + " |")
     if len(results) == 2:
         a, b = results
-        print(f"\nSpeed-up grouped/baseline: {(a.samples / a.seconds) / (b.samples / b.seconds):.2f}x samples/s "
-              f"(same {a.samples} samples in both runs); peak memory {a.peak_mem_gib / b.peak_mem_gib:.2f}x")
+        speedup = (a.samples / a.seconds) / (b.samples / b.seconds)
+        print(
+            f"\nSpeed-up grouped/baseline: {speedup:.2f}x samples/s (same {a.samples} samples in both runs); "
+            f"peak memory {a.peak_mem_gib / b.peak_mem_gib:.2f}x"
+        )
     print(f"Final losses (sanity, not compared): {', '.join(f'{r.final_loss:.3f}' for r in results)}")
 
 
@@ -374,15 +456,22 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first is the longest batch)")
+    p.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps first (the first is the longest batch)"
+    )
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seq_length", type=int, default=384)
     # On CPU the distilbert-sized model takes seconds per step, so `make bench` defaults to tiny there.
     p.add_argument("--model", choices=["distilbert", "tiny"], default="distilbert" if cuda else "tiny")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16" if cuda else "fp32")
-    p.add_argument("--baseline", action="store_true",
-                   help="also run the same batches padded to max_seq_length, eager attention, plain AdamW")
-    p.add_argument("--compile", action="store_true", help="torch.compile the optimized run (not the baseline)")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the same batches padded to max_seq_length, eager attention, plain AdamW",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the optimized run (not the baseline)"
+    )
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--synthetic", action="store_true", help="use synthetic windows even if real data exists")

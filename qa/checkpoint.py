@@ -116,7 +116,11 @@ class Checkpointer:
             return
         done = complete_checkpoints(self.root)
         newest = done[-1] if done else None
+        # A checkpoint still waiting for its upload is kept: deleting it would lose it in S3 too.
+        uploading = set(self.uploader.pending()) if self.uploader is not None else set()
         for old in done[:-limit]:
+            if self.s3_uri_for(f"checkpoints/{old.name}") in uploading:
+                continue
             shutil.rmtree(old, ignore_errors=True)
         # Partial directories older than the newest complete one are crash leftovers.
         for p in self.root.glob("step_*"):
@@ -166,16 +170,17 @@ class Checkpointer:
         return p
 
     def _fetch_newest_from_s3(self) -> Path | None:
-        from qa.storage import CorruptObjectError
+        from qa.storage import StorageError
 
         prefix = f"{self.run_prefix}/checkpoints"
         names = self.store.list_complete(prefix)
         # Newest first; a corrupted object makes us fall back to the previous checkpoint.
         for name in sorted(names, reverse=True):
             dest = self.root / name
+            shutil.rmtree(dest, ignore_errors=True)  # an incomplete local copy is never trusted
             try:
                 self.store.download_dir(f"{prefix}/{name}", str(dest))
-            except CorruptObjectError as e:
+            except StorageError as e:
                 logger.error("refusing checkpoint %s: %s; trying the previous one", name, e)
                 shutil.rmtree(dest, ignore_errors=True)
                 continue
@@ -193,6 +198,7 @@ class Checkpointer:
         bucket_uri, _, name = uri.rstrip("/").rpartition("/")
         store = S3Store(bucket_uri)
         dest = self.root / name
+        shutil.rmtree(dest, ignore_errors=True)
         store.download_dir(name, str(dest))
         if not (dest / COMPLETE).is_file():
             raise ConfigError(f"{uri} has no {COMPLETE} marker")

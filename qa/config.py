@@ -75,7 +75,9 @@ class TrainConfig:
     torch_compile: bool = False
     tf32: bool = True
     logging_steps: int = 10
-    # Evaluate every N optimizer steps; null evaluates at the end of each epoch.
+    # When to evaluate during training (as HF Trainer's eval_strategy): after each epoch, every
+    # `eval_steps` optimizer steps, or only at the end. The end of training is always evaluated.
+    eval_strategy: Literal["epoch", "steps", "end"] = "epoch"
     eval_steps: int | None = None
     # --- evaluation ---------------------------------------------------------------------------
     n_best_size: int = 20
@@ -216,6 +218,8 @@ def _check(cfg: TrainConfig, *, check_files: bool = True) -> None:
                 "preprocessing_num_workers", "save_total_limit"):
         v = getattr(cfg, key)
         need(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
+    if cfg.eval_strategy == "steps":
+        need(cfg.eval_steps is not None, "eval_steps", "set eval_steps when eval_strategy is steps")
     need(cfg.dataloader_num_workers >= 0, "dataloader_num_workers", "must not be negative")
     if isinstance(cfg.checkpointing_steps, int):
         need(cfg.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1, 'epoch' or null")

@@ -76,14 +76,16 @@ def _as_logits(x: Any) -> np.ndarray:
 
 
 def decode_and_score(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
-                     n_best_size: int = 20, max_answer_length: int = 30, version_2_with_negative: bool = False,
+                     n_best_size: int = 20, max_answer_length: int = 30,
+                     version_2_with_negative: bool = False,
                      null_score_diff_threshold: float = 0.0) -> EvalOutcome:
     """Decode gathered logits ([n_features, L]) into answers and score them against the gold answers.
 
     v2 scoring passes the null odds as ``na_probs`` with ``na_prob_thresh = null_score_diff_threshold``:
     the official script's "predict no-answer when na_prob > thresh" is then the very rule the decoder
-    applied, so ``exact``/``f1`` score the predictions as decoded, and ``best_*`` report the threshold
-    that would have been best.
+    applied, so ``exact``/``f1`` score the predictions as decoded. ``best_*`` is the official sweep over
+    the null odds; like the official script (and HF's run_qa) it re-scores the predictions as given, so
+    an example already decoded as "" cannot gain from a higher threshold there.
     """
     t0 = time.perf_counter()
     decoded = decode(
@@ -140,7 +142,7 @@ def _json_lines_object(mapping: Mapping[str, Any]) -> str:
     # encoder (json with indent falls back to the pure-Python one, ~10x slower on the n-best file).
     if not mapping:
         return "{}\n"
-    body = ",\n".join(f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+    body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}"
                       for k, v in mapping.items())
     return "{\n" + body + "\n}\n"
 
@@ -180,7 +182,7 @@ def save_eval_arrays(output_dir: str | Path, examples: EvalExamples, feats: Eval
     questions: Sequence[str | None] = examples.questions if examples.questions is not None else [None] * len(
         examples.ids)
     lines = [
-        json.dumps({"id": qid, "context": ctx, "question": q, "answers": list(ans)}, ensure_ascii=False)
+        json.dumps({"id": qid, "context": ctx, "question": q, "answers": list(ans)})
         for qid, ctx, q, ans in zip(examples.ids, examples.contexts, questions, examples.answers, strict=True)
     ]
     # Uncompressed: ~33 MB for SQuAD dev, and compression would cost seconds on rank 0 every evaluation.
@@ -216,8 +218,9 @@ def load_eval_arrays(output_dir: str | Path) -> tuple[EvalExamples, EvalFeatures
                 contexts.append(rec["context"])
                 answers.append(list(rec["answers"]))
                 questions.append(rec.get("question"))
+    no_questions = all(q is None for q in questions)
     examples = EvalExamples(ids=ids, contexts=contexts, answers=answers,
-                            questions=None if all(q is None for q in questions) else [q or "" for q in questions])
+                            questions=None if no_questions else [q or "" for q in questions])
     if start.shape[0] != feats.example_index.shape[0]:
         raise ValueError(f"{d}: {start.shape[0]} rows of logits but {feats.example_index.shape[0]} features")
     return examples, feats, start, end
@@ -267,12 +270,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, type=Path, help="run directory holding the saved arrays")
     p.add_argument("--n_best_size", type=int, default=None, help="default: run config, else 20")
     p.add_argument("--max_answer_length", type=int, default=None, help="default: run config, else 30")
-    p.add_argument("--null_score_diff_threshold", type=float, default=None, help="default: run config, else 0.0")
+    p.add_argument("--null_score_diff_threshold", type=float, default=None,
+                   help="default: run config, else 0.0")
     p.add_argument("--version_2_with_negative", type=_str2bool, default=None, metavar="true|false",
                    help="default: run config, else false")
     p.add_argument("--write", action="store_true",
-                   help="write eval_results.json, predictions.json, nbest_predictions.json (+ null_odds.json)")
-    p.add_argument("--out", type=Path, default=None, help="where --write writes (default: --output_dir)")
+                   help="write eval_results.json, predictions.json, nbest_predictions.json "
+                        "(+ null_odds.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the outputs here instead of --output_dir (implies --write)")
     return p
 
 
@@ -281,12 +287,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir: Path = args.output_dir
     try:
         examples, feats, start, end = load_eval_arrays(out_dir)
-        from_config, config_path = _run_config(out_dir)
     except FileNotFoundError as e:
         print(f"error: {e}\n(a run saves them when evaluating with save_logits enabled)", file=sys.stderr)
         return 2
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, OSError) as e:
         print(f"error: {out_dir}: unreadable saved evaluation: {e}", file=sys.stderr)
+        return 2
+    try:
+        from_config, config_path = _run_config(out_dir)
+    except ValueError as e:  # json.JSONDecodeError is one; so is a YAML file that is not a mapping
+        print(f"error: {out_dir}: unreadable run config: {e}", file=sys.stderr)
         return 2
     settings = {**DECODE_DEFAULTS, **from_config}
     for key in DECODE_DEFAULTS:

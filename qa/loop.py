@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from qa.evaluation import gather_eval_logits
 from qa.perf import device_peak_tflops, flops_per_token, peak_memory_gb
 from qa.preemption import write_marker
-from qa.sampling import EpochBatchSampler
+from qa.sampling import EpochBatchSampler, padding_invariant_qa_loss
 
 if TYPE_CHECKING:
     from qa.run import Run
@@ -104,7 +104,7 @@ def train(run: Run) -> str:
     t_start = time.perf_counter()
     train_time_before = st.train_time_s
     while st.epoch < run.num_epochs and st.global_step < run.total_steps:
-        run.train_sampler.set_epoch(st.epoch)
+        run.train_loader.set_epoch(st.epoch)
         loader = run.train_loader
         if st.batches_in_epoch:
             loader = acc.skip_first_batches(run.train_loader, st.batches_in_epoch)
@@ -112,7 +112,10 @@ def train(run: Run) -> str:
         for batch in loader:
             with acc.accumulate(model):
                 out = model(**_model_inputs(batch, run.train_input_names))
-                loss = out.loss
+                # HF heads take the softmax over pad positions too, so their loss changes with how far a
+                # batch is padded; masking pads makes length grouping change nothing but speed.
+                loss = padding_invariant_qa_loss(out.start_logits, out.end_logits, batch["attention_mask"],
+                                                 batch["start_positions"], batch["end_positions"])
                 acc.backward(loss)
                 grad_norm = None
                 if acc.sync_gradients:
@@ -131,7 +134,8 @@ def train(run: Run) -> str:
             bar.update(1)
             if st.global_step % cfg.logging_steps == 0 or st.global_step == run.total_steps:
                 _log_train(run, meter, grad_norm, n_params, peak)
-            if cfg.eval_steps and st.global_step % cfg.eval_steps == 0 and cfg.do_eval:
+            if (cfg.do_eval and cfg.eval_strategy == "steps" and st.global_step % cfg.eval_steps == 0
+                    and st.global_step < run.total_steps):
                 evaluate(run, tag="eval")
                 model.train()
             if isinstance(cfg.checkpointing_steps, int) and st.global_step % cfg.checkpointing_steps == 0:
@@ -147,7 +151,7 @@ def train(run: Run) -> str:
             if cfg.checkpointing_steps == "epoch":
                 st.train_time_s = train_time_before + time.perf_counter() - t_start
                 save_checkpoint(run)
-            if cfg.do_eval and cfg.eval_steps is None and st.epoch < run.num_epochs:
+            if cfg.do_eval and cfg.eval_strategy == "epoch" and st.epoch < run.num_epochs:
                 evaluate(run, tag="eval")
     bar.close()
     st.train_time_s = train_time_before + time.perf_counter() - t_start

@@ -104,14 +104,14 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         # NCCL needs CUDA; gloo runs real collectives (and DeepSpeed ZeRO) on CPU.
         kwargs_handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))]
     plugin = None
+    # The run config decides, whether or not `accelerate launch` was given --use_deepspeed.
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true" if ds_config is not None else "false"
     if ds_config is not None:
         # DeepSpeed without a launcher (plain `python train.py`) still needs a one-rank rendezvous.
         for key, val in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, val)
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(_free_port())
-        # The run config decides, whether or not `accelerate launch` was given --use_deepspeed.
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     accelerator = Accelerator(
         mixed_precision=precision,

@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from qa.modeling import (
     resolve_precision,
 )
 from qa.preemption import PreemptionHandler, clear_marker
+
+if TYPE_CHECKING:
+    from qa.evaluate import EvalExamples, EvalFeatures
 
 logger = logging.getLogger("qa")
 
@@ -128,7 +131,7 @@ def _storage(cfg: TrainConfig, accelerator: Any) -> tuple[Any, Any]:
     error = broadcast_object_list(error, from_process=0)
     if error[0] is not None:
         raise SystemExit(f"s3_uri: {error[0]}")
-    uploader = BackgroundUploader(store) if accelerator.is_main_process else None
+    uploader = BackgroundUploader(store, deadline_s=cfg.s3_upload_timeout) if accelerator.is_main_process else None
     return store, uploader
 
 
@@ -188,10 +191,11 @@ def build_model(run: Run) -> None:
         run.model = acc.prepare_model(model, evaluation_mode=True) if ds_config is None else acc.prepare(model)
         return
     feats = run.data.train_features
-    run.train_input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions",
-                                         "end_positions") if k in accepted and k in feats.column_names]
+    # Labels stay out of the forward call: the loop computes a padding-invariant loss from the logits.
+    run.train_input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids")
+                             if k in accepted and k in feats.column_names]
     lengths = np.asarray(feats["length"])
-    keep = [c for c in feats.column_names if c in run.train_input_names]
+    keep = [c for c in feats.column_names if c in run.train_input_names or c.endswith("_positions")]
     dataset = feats.select_columns(keep)
     run.train_sampler = StepBatchSampler(lengths, cfg.per_device_train_batch_size, acc.num_processes,
                                          cfg.gradient_accumulation_steps, seed=cfg.seed,

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ _GRPC_SERVICES = ("master", "volume", "filer", "s3", "admin")
 
 class S3ServerError(RuntimeError):
     """The local SeaweedFS server could not be started."""
+
+
+class _ExitedDuringStartup(S3ServerError):
+    pass
 
 
 def find_weed() -> str:
@@ -170,39 +175,48 @@ class LocalS3Server:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> LocalS3Server:
-        """Start (or restart) the server and block until its S3 port answers HTTP."""
+        """Start (or restart) the server; returns once S3 answers and storage is writable."""
         with self._lock:
             if self.running:
                 return self
             first_start = self._ports is None
-            # A freshly picked port can be grabbed by someone else before weed binds it; on the
-            # first start we just pick again. A restart must keep its ports, so no retry there.
+            # A freshly picked port can be grabbed by someone else before weed binds it (weed then
+            # exits at once); on the first start we just pick again. A restart must keep its ports.
             attempts = 3 if first_start and self._requested_s3_port is None else 1
             for attempt in range(1, attempts + 1):
                 try:
                     self._launch()
                     return self
-                except S3ServerError:
-                    if attempt == attempts or not first_start:
+                except _ExitedDuringStartup:
+                    if attempt == attempts:
                         raise
                     logger.warning("weed mini failed to start (attempt %d), retrying on new ports", attempt)
                     self._ports = None
             raise AssertionError("unreachable")
 
-    def stop(self, *, kill: bool = False, timeout_s: float = 20.0) -> None:
-        """Stop the server: SIGTERM to its process group (SIGKILL if ``kill`` or on timeout)."""
+    def stop(self, *, kill: bool = False, grace_s: float = 5.0) -> None:
+        """Stop the server: SIGTERM to its process group, SIGKILL if ``kill`` or after ``grace_s``.
+
+        A clean weed shutdown takes ~2 s, but the filer sometimes sits out a ~10 s internal timeout
+        on open metadata streams; for a throw-away server that is not worth waiting for (SeaweedFS
+        checks volume integrity on start and recovers from a kill).
+        """
         with self._lock:
             proc, self._proc = self._proc, None
             if proc is None:
                 return
+            started = time.monotonic()
             if proc.poll() is None:
                 self._signal_group(proc, signal.SIGKILL if kill else signal.SIGTERM)
                 try:
-                    proc.wait(timeout=timeout_s)
+                    proc.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:
+                    logger.info("weed mini still shutting down after %.0fs; killing it", grace_s)
                     self._signal_group(proc, signal.SIGKILL)
-                    proc.wait(timeout=timeout_s)
-            self._wait_port_closed(timeout_s)
+                    proc.wait()
+            self._wait_port_closed(timeout_s=10.0)
+            self._remove_unix_sockets()
+            logger.info("local S3 server %s stopped in %.1fs", self.endpoint_url, time.monotonic() - started)
 
     def __enter__(self) -> LocalS3Server:
         return self.start()
@@ -248,6 +262,11 @@ class LocalS3Server:
             "ip.bind": self.host,
             "s3.config": str(identity_file),
             "master.telemetry": "false",  # it would otherwise phone home
+            # With the default (resume raft state) a restarted master only regains leadership
+            # after the volume server's first heartbeat was refused, and that retry comes 5-20 s
+            # later, so writes stall. A single-node master loses nothing by starting fresh: volume
+            # ids and the topology are rebuilt from the volume server's heartbeat.
+            "master.resumeState": "false",
             "s3.port.iceberg": "0",
             "s3.port.lance": "0",
             # Small volumes keep many test buckets (one collection each) cheap on disk.
@@ -291,10 +310,10 @@ class LocalS3Server:
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             if proc.poll() is not None:
-                raise S3ServerError(
+                raise _ExitedDuringStartup(
                     f"weed mini exited with code {proc.returncode} during start-up; see {self.log_path}"
                 )
-            if self._s3_answers():
+            if self._s3_answers() and self._volume_server_registered():
                 return
             if time.monotonic() > deadline:
                 raise S3ServerError(
@@ -303,16 +322,34 @@ class LocalS3Server:
                 )
             time.sleep(0.1)  # bounded poll of an external process: there is nothing to wait on
 
-    def _s3_answers(self) -> bool:
-        conn = http.client.HTTPConnection(self.host, self.s3_port, timeout=2)
+    def _get(self, port: int, path: str) -> tuple[int, bytes] | None:
+        conn = http.client.HTTPConnection(self.host, port, timeout=2)
         try:
-            conn.request("GET", "/")
-            # Any HTTP answer (403 for an unsigned request) means the S3 gateway is serving.
-            return conn.getresponse().status > 0
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
         except OSError:
-            return False
+            return None
         finally:
             conn.close()
+
+    def _s3_answers(self) -> bool:
+        # Any HTTP answer (403 for an unsigned request) means the S3 gateway is serving.
+        return self._get(self.s3_port, "/") is not None
+
+    def _volume_server_registered(self) -> bool:
+        # S3 answers before the volume server has registered with the master; until it has, every
+        # write stalls in the filer's assign retries. Ready means the master knows a data node.
+        answer = self._get(self.ports["master"], "/dir/status")
+        if answer is None or answer[0] != 200:
+            return False
+        try:
+            topology = json.loads(answer[1]).get("Topology", {})
+        except ValueError:
+            return False
+        return any(
+            rack.get("DataNodes") for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or []
+        )
 
     def _wait_port_closed(self, timeout_s: float) -> None:
         # After the process is gone the port is free; this guards against a zombie child that
@@ -324,6 +361,13 @@ class LocalS3Server:
             except OSError:
                 return
             time.sleep(0.05)
+
+    def _remove_unix_sockets(self) -> None:
+        # weed also serves on /tmp/seaweedfs-<component>-<port>.sock and never removes them when
+        # stopped; named by our ports, so these are ours, and the process using them is gone.
+        for port in self.ports.values():
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -26,8 +26,9 @@ Using this with ``accelerate`` (1.15, read from ``accelerate/data_loader.py``)::
   ``batch_sampler.set_epoch`` (single process: that is us), ``batch_sampler.sampler.set_epoch`` and
   ``batch_sampler.batch_sampler.sampler.set_epoch`` (multi process: ``BatchSamplerShard`` -> us ->
   ``.sampler``). ``BatchSamplerShard`` has no ``sampler`` attribute of its own, so without our
-  ``sampler`` property the epoch would never reach us on more than one process. Calling
-  ``sampler.set_epoch`` directly is pointless: the next pass overwrites it with ``dl.iteration``.
+  ``sampler`` property the epoch would never reach us on more than one process. Under accelerate,
+  calling ``sampler.set_epoch`` directly is pointless: the next pass overwrites it with ``dl.iteration``
+  (with a plain torch DataLoader, ``sampler.set_epoch`` is the way).
 * ``skip_first_batches`` wraps the (sharded) batch sampler in ``SkipBatchSampler`` and copies
   ``iteration`` into a new ``DataLoaderShard``; with several processes the lookup is then three levels
   deep (Skip -> Shard -> us) and ``set_epoch`` no longer reaches us. It still works because the skip
@@ -42,6 +43,8 @@ Using this with ``accelerate`` (1.15, read from ``accelerate/data_loader.py``)::
   a round anywhere but at the end, which is why the short remainder batch is always kept LAST here.
   With ``even_batches=False`` every index is seen exactly once but ranks may run one batch fewer.
   With ``drop_last=True`` accelerate additionally drops the final incomplete round.
+* ``split_batches=True`` slices each global batch across ranks instead; it also only accepts a short
+  batch at the end, so the same ordering rule covers it.
 """
 
 from __future__ import annotations
@@ -76,16 +79,14 @@ _MIN_MEGA_BATCHES_PER_EPOCH = 4
 # mean 180.8, median 168, min 42, 256 windows (2.4%) exactly 384 long. Measured once with
 # /work/shared/data; used to generate realistic synthetic lengths when that data is absent.
 # Keys are [lo, hi) bins of real (unpadded) tokens, values are window counts.
+# fmt: off
+_DEV_COUNTS_PER_16_TOKENS = (  # bins [32, 48), [48, 64), ..., [368, 384)
+    21, 153, 187, 277, 392, 917, 1368, 1432, 1245, 1023, 874,
+    693, 485, 348, 334, 241, 215, 110, 95, 54, 47, 55,
+)
+# fmt: on
 SQUAD_V1_DEV_LENGTH_HISTOGRAM: dict[tuple[int, int], int] = {
-    **{
-        (lo, lo + 16): c
-        for lo, c in zip(
-            range(32, 384, 16),
-            [21, 153, 187, 277, 392, 917, 1368, 1432, 1245, 1023, 874, 693,
-             485, 348, 334, 241, 215, 110, 95, 54, 47, 55],
-            strict=True,
-        )
-    },
+    **{(lo, lo + 16): c for lo, c in zip(range(32, 384, 16), _DEV_COUNTS_PER_16_TOKENS, strict=True)},
     (384, 385): 256,
 }
 
@@ -145,11 +146,11 @@ def grouped_batch_order(
     ``batch_size``), sort each mega-batch by length (descending, stable), cut into batches, then
     shuffle the order of the batches so training does not see long-to-short runs.
 
-    Every index appears exactly once. With ``drop_last`` the ``len % batch_size`` surplus indices are
-    removed from the shuffled permutation *before* grouping, so the dropped windows are a uniform random
-    subset (dropping the tail of a sorted mega-batch would always drop short windows) and every batch is
-    full. Otherwise the single short batch is placed last: accelerate's ``BatchSamplerShard`` only
-    handles a short batch correctly at the very end (see the module docstring).
+    Every index appears exactly once, unless ``drop_last``: then the ``len % batch_size`` surplus
+    indices are removed from the shuffled permutation *before* grouping, so the dropped windows are a
+    uniform random subset (dropping the tail of a sorted mega-batch would always drop short windows) and
+    every batch is full. Otherwise the single short batch is placed last: accelerate's
+    ``BatchSamplerShard`` only handles a short batch correctly at the very end (see the module docstring).
 
     ``longest_first`` moves the full batch holding the longest window to the front so that an
     out-of-memory configuration fails at step 0 rather than hours in, and the caching allocator
@@ -163,7 +164,9 @@ def grouped_batch_order(
     if mega_batch_size < batch_size or mega_batch_size % batch_size:
         # A mega-batch that is not a whole number of batches would leave a short batch in the middle
         # of the epoch, which both wastes a step and breaks accelerate's even_batches logic.
-        raise ValueError(f"mega_batch_size ({mega_batch_size}) must be a positive multiple of batch_size ({batch_size})")
+        raise ValueError(
+            f"mega_batch_size ({mega_batch_size}) must be a positive multiple of batch_size ({batch_size})"
+        )
 
     rng = _epoch_rng(seed, epoch)
     perm = rng.permutation(n)
@@ -260,7 +263,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         if mega_batch_size is not None and (mega_batch_size < batch_size or mega_batch_size % batch_size):
             # Validated here rather than at the first iteration, possibly inside a DataLoader worker.
             raise ValueError(
-                f"mega_batch_size ({mega_batch_size}) must be a positive multiple of batch_size ({batch_size})"
+                f"mega_batch_size ({mega_batch_size}) must be a positive multiple of "
+                f"batch_size ({batch_size})"
             )
 
     @property
@@ -280,8 +284,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         epoch = self.epoch if epoch is None else epoch
         if self.group_by_length:
             return grouped_batch_order(
-                self.lengths, self.batch_size, seed=self.seed, epoch=epoch,
-                mega_batch_size=self.mega_batch_size, drop_last=self.drop_last,
+                self.lengths,
+                self.batch_size,
+                seed=self.seed,
+                epoch=epoch,
+                mega_batch_size=self.mega_batch_size,
+                drop_last=self.drop_last,
                 longest_first=self.longest_first,
             )
         return ungrouped_batch_order(

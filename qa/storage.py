@@ -97,7 +97,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
             f"invalid S3 bucket name {bucket!r} in {uri!r}: use 3-63 lowercase letters, digits, '.' or '-'"
         )
     prefix = prefix.strip("/")
-    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         raise ValueError(f"S3 prefix must not contain empty, '.' or '..' segments: {uri!r}")
     return bucket, prefix
 
@@ -366,8 +366,11 @@ class S3Store:
             raise StorageError(self._redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
         except _BOTO_ERRORS as e:
             raise StorageError(self._redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
-        manifest = json.loads(body)
-        if not isinstance(manifest.get("files"), dict):
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
             raise CorruptObjectError(f"s3://{self.bucket}/{key} is not a valid manifest")
         return manifest
 
@@ -384,6 +387,15 @@ class S3Store:
                         names.append(name)
         return sorted(names)
 
+    def list_keys(self, key_prefix: str = "") -> list[str]:
+        """Sorted keys of every object under ``key_prefix``, relative to the store's prefix."""
+        base = self._key(key_prefix)
+        base = f"{base}/" if base else ""
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        with self._errors(f"listing s3://{self.bucket}/{base}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
+
     def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Download a complete upload into ``local_dir`` (must not exist or be empty), verified.
 
@@ -396,6 +408,7 @@ class S3Store:
         manifest = self.read_manifest(key_prefix)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the checkpoint should look like any other dir
         try:
             for rel, info in manifest["files"].items():
                 target = (tmp / rel).resolve()
@@ -557,7 +570,12 @@ class BackgroundUploader:
                 return True
             except Exception as e:  # never let an S3 problem escape into training
                 error = str(e) if isinstance(e, StorageError) else self.store._redact(f"{type(e).__name__}: {e}")
-                delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (job.attempts - 1)))
+                if not job.local_dir.is_dir():
+                    # Deleted locally (e.g. checkpoint rotation): retrying cannot help, and it would
+                    # hold up every later upload until the deadline.
+                    logger.error("giving up on upload to %s: local dir %s is gone", job.uri, job.local_dir)
+                    return False
+                delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** min(job.attempts - 1, 30)))
                 out_of_attempts = self.max_attempts is not None and job.attempts >= self.max_attempts
                 if out_of_attempts or time.monotonic() + delay - started > self.deadline_s:
                     logger.error("giving up on upload to %s after %d attempts: %s", job.uri, job.attempts, error)

@@ -19,6 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -83,6 +84,7 @@ def _name_words(name: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)  # env var names and metric keys repeat on every log call
 def is_secret_name(name: str) -> bool:
     """True if a config key or environment variable name looks like it holds a credential."""
     normalized = "_".join(_name_words(name))

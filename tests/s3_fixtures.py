@@ -1,8 +1,11 @@
 """pytest fixtures backed by a real local S3 server (SeaweedFS ``weed mini``, see qa/s3_local.py).
 
-Use them from a test module (or a conftest) by importing the fixture names::
+Use them from a test module (or a conftest) by importing the fixture names; with no
+tests/__init__.py pytest puts tests/ itself on sys.path, so::
 
     from s3_fixtures import s3_bucket, s3_env, s3_server  # noqa: F401
+
+(``from tests.s3_fixtures import ...`` where tests/ is a package; test_storage.py tries both).
 
 Fixtures:
   * ``s3_server`` (session): one running :class:`S3TestServer` (endpoint_url, access_key,

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixtures import DEMO_DATA, SHARED, minilm_dir, write_squad
+
 from qa.data import (
     DataError,
     build_eval_features,
@@ -24,11 +24,6 @@ def tok():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_dir())
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
 
 
 CTX = "The lighthouse at Kestrel Point was lit in 1871. Its lamp burned whale oil until 1902."

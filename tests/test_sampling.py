@@ -178,7 +178,11 @@ def squad_dev_lengths() -> np.ndarray:
                 questions.append(qa["question"].lstrip())
                 contexts.append(paragraph["context"])
     enc = tokenizer(
-        questions, contexts, truncation="only_second", max_length=384, stride=128,
+        questions,
+        contexts,
+        truncation="only_second",
+        max_length=384,
+        stride=128,
         return_overflowing_tokens=True,
     )
     return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
@@ -215,11 +219,15 @@ def test_epoch_batch_sampler_follows_epoch() -> None:
     assert len(EpochBatchSampler(lengths, 32, drop_last=True)) == 15
 
 
-def _loader(n: int, batch_size: int, *, group_by_length: bool = True, drop_last: bool = False,
-            seed: int = 0) -> tuple[DataLoader, EpochBatchSampler]:
+def _loader(
+    n: int, batch_size: int, *, group_by_length: bool = True, drop_last: bool = False, seed: int = 0
+) -> tuple[DataLoader, EpochBatchSampler]:
     sampler = EpochBatchSampler(
-        synthetic_squad_lengths(n, seed=9), batch_size, group_by_length=group_by_length,
-        seed=seed, drop_last=drop_last,
+        synthetic_squad_lengths(n, seed=9),
+        batch_size,
+        group_by_length=group_by_length,
+        seed=seed,
+        drop_last=drop_last,
     )
     # collate_fn=list keeps the yielded batch as the list of dataset items, i.e. the indices.
     return DataLoader(list(range(n)), batch_sampler=sampler, collate_fn=list), sampler
@@ -230,7 +238,9 @@ def _prepared(n: int, batch_size: int, num_processes: int, rank: int):
 
     # One sampler per rank, as in a real job where every process builds its own.
     dl, sampler = _loader(n, batch_size)
-    return prepare_data_loader(dl, num_processes=num_processes, process_index=rank, put_on_device=False), sampler
+    return prepare_data_loader(
+        dl, num_processes=num_processes, process_index=rank, put_on_device=False
+    ), sampler
 
 
 # n=96: 12 full batches; n=92: 11 full + short (12 batches); n=100: 12 full + short (13, odd).
@@ -278,7 +288,9 @@ def test_accelerate_uneven_batches_see_every_index_exactly_once(n: int) -> None:
     shards = []
     for r in range(2):
         dl, sampler = _loader(n, 8)
-        pdl = prepare_data_loader(dl, num_processes=2, process_index=r, put_on_device=False, even_batches=False)
+        pdl = prepare_data_loader(
+            dl, num_processes=2, process_index=r, put_on_device=False, even_batches=False
+        )
         shards.append(list(pdl))
     assert shards[0] == sampler.batches(0)[0::2] and shards[1] == sampler.batches(0)[1::2]
     assert sorted(i for s in shards for b in s for i in b) == list(range(n))
@@ -295,6 +307,30 @@ def test_accelerate_drop_last_drops_the_incomplete_round() -> None:
     flat = [i for s in shards for b in s for i in b]
     assert len(flat) == len(set(flat)) == 96
     assert [b for pair in zip(*shards, strict=True) for b in pair] == sampler.batches(0)
+
+
+def test_accelerate_loses_a_round_when_a_short_batch_is_not_last() -> None:
+    """Pins the accelerate 1.15 behaviour that forces the short batch to the end of our orders."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    class Fixed:
+        batch_size, drop_last = 4, False
+
+        def __init__(self, batches: list[list[int]]) -> None:
+            self.batches = batches
+
+        def __iter__(self):
+            return iter(self.batches)
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+    def shard(batches: list[list[int]]) -> set[int]:
+        return {i for r in range(2) for b in BatchSamplerShard(Fixed(batches), 2, r) for i in b}
+
+    assert shard([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13]]) == set(range(14))
+    # Short batch at the last slot of a round mid-epoch: the whole round (0..5) silently disappears.
+    assert shard([[0, 1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12, 13]]) == set(range(6, 14))
 
 
 @pytest.mark.parametrize("procs", [1, 2])
@@ -371,8 +407,9 @@ def test_padding_to_batch_max_matches_padding_to_384() -> None:
     from transformers import BertConfig, BertForQuestionAnswering
 
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=100)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+    )
     model = BertForQuestionAnswering(config).eval()
 
     lengths = synthetic_squad_lengths(400, seed=5)
@@ -391,7 +428,9 @@ def test_padding_to_batch_max_matches_padding_to_384() -> None:
     def run(inputs: dict[str, torch.Tensor]):
         model.zero_grad(set_to_none=True)
         out = model(**inputs, start_positions=start, end_positions=end)
-        loss = padding_invariant_qa_loss(out.start_logits, out.end_logits, inputs["attention_mask"], start, end)
+        loss = padding_invariant_qa_loss(
+            out.start_logits, out.end_logits, inputs["attention_mask"], start, end
+        )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return out, loss.detach(), grads

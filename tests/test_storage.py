@@ -115,6 +115,16 @@ def test_sse_and_kms_args_are_built() -> None:
         S3Store("s3://bucket/p", sse="AES256", sse_kms_key_id="k")
 
 
+def test_uploader_gives_up_at_once_on_a_vanished_local_dir(tmp_path: Path) -> None:
+    # Nothing listens on port 9: the upload fails before any network traffic anyway.
+    store = S3Store("s3://bucket/p", endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b")
+    with BackgroundUploader(store, deadline_s=600, base_delay_s=30) as uploader:
+        uri = uploader.submit(tmp_path / "rotated-away", "ckpt")
+        with pytest.raises(UploadError) as err:
+            uploader.wait(timeout_s=10)
+    assert err.value.missing == [uri] and uploader.failed() == [uri]
+
+
 @pytest.mark.s3
 def test_round_trip_multipart_manifest_last(s3_server: S3TestServer, s3_bucket: str, tmp_path: Path) -> None:
     store = s3_server.store(f"s3://{s3_bucket}/exp", multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
@@ -144,6 +154,8 @@ def test_round_trip_multipart_manifest_last(s3_server: S3TestServer, s3_bucket: 
     small = store.upload_dir(make_checkpoint(tmp_path / "step_0000050"), f"{RUN}/step_0000050")
     assert store.list_complete(RUN) == ["step_0000050", "step_0000100"]
     assert store.list_complete("run-2/checkpoints") == []
+    assert f"{RUN}/step_0000200/config.json" in store.list_keys("run-1")
+    assert f"{RUN}/step_0000100/{MANIFEST_NAME}" in store.list_keys()
 
     dest = tmp_path / "restored" / "step_0000100"
     assert store.download_dir(f"{RUN}/step_0000100", dest)["files"] == manifest["files"]
