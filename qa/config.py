@@ -149,6 +149,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key}: {value!r} is not valid ({'; '.join(errors)})")
     if origin is Literal:
         allowed = get_args(hint)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no` as False: `mixed_precision: no` must still mean "no".
+            value = {False: "no", True: "yes"}[value]
         for a in allowed:
             if value == a or (isinstance(value, str) and str(a) == value):
                 return a

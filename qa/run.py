@@ -26,6 +26,7 @@ from qa.modeling import (
     load_model,
     load_tokenizer,
     resolve_precision,
+    zero_stage,
 )
 from qa.preemption import PreemptionHandler, clear_marker
 
@@ -188,7 +189,12 @@ def build_model(run: Run) -> None:
                             and (run.data.eval_features is None or k in run.data.eval_features.column_names)]
     ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=run.precision)
     if not cfg.do_train:
-        run.model = acc.prepare_model(model, evaluation_mode=True) if ds_config is None else acc.prepare(model)
+        # Inference needs no optimizer sharding: below ZeRO-3 each rank holds the plain model; under ZeRO-3
+        # DeepSpeed partitions the weights (its engine runs without an optimizer).
+        if zero_stage(ds_config) >= 3:
+            run.model = acc.prepare(model)
+        else:
+            run.model = model.to(acc.device)
         return
     feats = run.data.train_features
     # Labels stay out of the forward call: the loop computes a padding-invariant loss from the logits.

