@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -141,6 +143,7 @@ def train(run: Run) -> str:
             if isinstance(cfg.checkpointing_steps, int) and st.global_step % cfg.checkpointing_steps == 0:
                 st.train_time_s = train_time_before + time.perf_counter() - t_start
                 save_checkpoint(run)
+            _inject_fault(acc.process_index, st.global_step)
             if run.preemption.should_stop(acc):
                 return _preempt(run, train_time_before + time.perf_counter() - t_start)
             if st.global_step >= run.total_steps:
@@ -156,6 +159,17 @@ def train(run: Run) -> str:
     bar.close()
     st.train_time_s = train_time_before + time.perf_counter() - t_start
     return COMPLETED
+
+
+def _inject_fault(rank: int, step: int) -> None:
+    """Test-only crash injection: QA_FAULT_KILL="RANK:STEP" SIGKILLs that rank after that step.
+
+    A real crash (no handler, no cleanup) at an exact step, which an outside kill cannot hit reliably on a
+    model that trains hundreds of steps per second.
+    """
+    spec = os.environ.get("QA_FAULT_KILL")
+    if spec and spec == f"{rank}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _log_train(run: Run, meter: _Meter, grad_norm: Any, n_params: int, peak: float | None) -> None:

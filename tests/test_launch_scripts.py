@@ -129,8 +129,8 @@ def test_local_sh_preemption_exits_42_with_a_checkpoint(tiny: Path, tmp_path: Pa
     status, log = _start_then_signal(
         [str(LAUNCH / "local.sh"), "2", *_run_args(tiny, out, "--max_train_steps", "100000")], env, signal.SIGUSR1)
     assert status == 42, log[-4000:]
-    assert (out / "PREEMPTED").is_file()
-    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_0000001"]
+    step = int((out / "PREEMPTED").read_text())
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == [f"step_{step:07d}"]
     assert "Sending process" in log and "closing signal SIGUSR1" in log  # torchrun forwarded it, once per worker
 
 
@@ -178,6 +178,7 @@ def test_slurm_sbatch_requeues_after_usr1_and_the_next_attempt_resumes(tiny: Pat
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "attempt 2" in proc.stdout
-    assert "resumed from" in proc.stdout and "step_0000001 at step 1" in proc.stdout
+    resumed = re.search(r"resumed from \S+/step_(\d+) at step (\d+)", proc.stdout)
+    assert resumed and int(resumed.group(1)) == int(resumed.group(2)) >= 1, proc.stdout[-3000:]
     assert requeues.read_text().split() == ["requeue", "4242"]  # not requeued again
     assert not (out / "PREEMPTED").exists() and (out / "final").is_dir()
