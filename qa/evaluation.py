@@ -100,7 +100,12 @@ def gather_eval_logits(accelerator: Any, model: torch.nn.Module, features: Any, 
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
         with torch.no_grad():
             out = model(**batch)
+        # Pad positions carry real-looking logits; blank them so saved logits hold only real tokens.
+        pad = batch["attention_mask"] == 0 if "attention_mask" in batch else None
         s_log, e_log = out.start_logits.float(), out.end_logits.float()
+        if pad is not None:
+            s_log = s_log.masked_fill(pad, LOGIT_PAD)
+            e_log = e_log.masked_fill(pad, LOGIT_PAD)
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()

@@ -123,7 +123,14 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         kwargs_handlers=kwargs_handlers,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
+        # Without CUDA, Accelerate only sets up multi-process CPU (gloo) when told cpu=True; DeepSpeed
+        # sets up its own process group and must not get it.
+        cpu=not cuda and ds_config is None,
     )
+    if world_size > 1 and accelerator.num_processes != world_size:
+        # Each rank training alone on the full data would look like a healthy run: refuse it.
+        raise RuntimeError(f"launched with WORLD_SIZE={world_size} but the accelerator sees "
+                           f"{accelerator.num_processes} process(es) ({accelerator.distributed_type})")
     if cuda and cfg.tf32:
         # TF32 matmuls on Ampere+ are within fp16/bf16 training noise and markedly faster.
         torch.backends.cuda.matmul.allow_tf32 = True

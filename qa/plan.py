@@ -118,7 +118,7 @@ def count_parameters(cfg: TrainConfig) -> tuple[int | None, str]:
     try:
         config = AutoConfig.from_pretrained(cfg.model_name_or_path)
     except Exception as e:  # noqa: BLE001 - offline hub names raise several types; the plan says "unknown"
-        return None, f"unknown (needs the model config: {_short(e)})"
+        return None, f"unknown (needs the model config; {type(e).__name__})"
     from transformers import AutoModelForQuestionAnswering
 
     try:
@@ -356,14 +356,7 @@ def count_data(cfg: TrainConfig) -> DataCounts:
     from qa.modeling import load_tokenizer
 
     counts = DataCounts()
-    try:
-        tokenizer = load_tokenizer(cfg)
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 - hub names offline: the counts are unknown, the plan still prints
-        why = f"unknown (needs the tokenizer: {_short(e)})"
-        counts.train_unknown = counts.eval_unknown = why
-        return counts
+    tokenizer: Any = None
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -379,27 +372,41 @@ def count_data(cfg: TrainConfig) -> DataCounts:
                     version_2_with_negative=cfg.version_2_with_negative)
             except DataError:
                 raise  # bad data fails the dry run, exactly as it would fail the run
-            except Exception as e:  # noqa: BLE001 - hub dataset without a cache when offline
-                why = f"unknown (needs the dataset: {_short(e)})"
-                if split == "train":
-                    counts.train_unknown = why
-                else:
-                    counts.eval_unknown = why
+            except Exception as e:  # noqa: BLE001 - a hub dataset that is not cached, offline: several types
+                _set(counts, split, unknown=f"unknown (needs the dataset; {type(e).__name__})")
                 continue
-            source = data_file or f"{cfg.dataset_name}:{split}"
+            _set(counts, split, examples=len(examples))
+            if tokenizer is None:
+                try:
+                    tokenizer = load_tokenizer(cfg)
+                except ConfigError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a hub tokenizer that is not cached, offline
+                    why = f"unknown (needs the tokenizer; {type(e).__name__})"
+                    counts.train_unknown = counts.eval_unknown = why
+                    tokenizer = False
+            if tokenizer is False:
+                continue
             kwargs = {"max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride,
                       "num_proc": cfg.preprocessing_num_workers, "overwrite_cache": cfg.overwrite_cache,
-                      "source": source}
-            if split == "train":
-                feats = qa_data.build_train_features(examples, tokenizer, **kwargs)
-                counts.train_examples, counts.train_features = len(examples), len(feats)
-            else:
-                feats = qa_data.build_eval_features(examples, tokenizer, **kwargs)
-                counts.eval_examples, counts.eval_features = len(examples), len(feats)
+                      "source": data_file or f"{cfg.dataset_name}:{split}"}
+            build = qa_data.build_train_features if split == "train" else qa_data.build_eval_features
+            _set(counts, split, features=len(build(examples, tokenizer, **kwargs)))
     finally:
         if bars:
             datasets.enable_progress_bars()
     return counts
+
+
+def _set(counts: DataCounts, split: str, *, examples: int | None = None, features: int | None = None,
+         unknown: str | None = None) -> None:
+    prefix = "train" if split == "train" else "eval"
+    if examples is not None:
+        setattr(counts, f"{prefix}_examples", examples)
+    if features is not None:
+        setattr(counts, f"{prefix}_features", features)
+    if unknown is not None:
+        setattr(counts, f"{prefix}_unknown", unknown)
 
 
 @dataclass(frozen=True)
@@ -437,11 +444,6 @@ def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) ->
 # ---------------------------------------------------------------------------------------------------------
 # The plan
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _short(e: BaseException, limit: int = 120) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _int(n: int | None) -> str:
@@ -515,7 +517,9 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
                                                       " (WORLD_SIZE unset; set it to plan another launch)"))
     row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
-    prec_note = f" (mixed_precision: {cfg.mixed_precision})" if cfg.mixed_precision == "auto" else ""
+    prec_note = ""
+    if cfg.mixed_precision == "auto":
+        prec_note = " (mixed_precision: auto" + ("" if cuda else "; fp16 when launched on GPUs") + ")"
     row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
         + prec_note)
     if ds is None:
@@ -525,9 +529,10 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
                             "the accelerate config's)")
         row("offload", f"optimizer states -> {off_opt}, parameters -> {off_param}")
         if stage == 3:
-            row("ZeRO-3 export", "16-bit weights gathered on save: "
-                f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; "
-                f"zero3 init on load: {os.environ.get('ACCELERATE_DEEPSPEED_ZERO3_INIT', 'unset')}")
+            init = os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true"
+            row("ZeRO-3", f"16-bit weights gathered for save_pretrained: "
+                f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; weights partitioned while loading "
+                f"(zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
     if cfg.torch_compile:
         row("torch.compile", "on")
 
@@ -540,13 +545,15 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     if cfg.do_train:
         src = cfg.train_file or f"{cfg.dataset_name} train"
         if counts.train_features is None:
-            row("train", f"{src}: {counts.train_unknown}")
+            known = f"{counts.train_examples:,} examples -> features " if counts.train_examples is not None else ""
+            row("train", f"{src}: {known}{counts.train_unknown}")
         else:
             row("train", f"{src}: {_int(counts.train_examples)} examples -> {_int(counts.train_features)} features")
     if cfg.do_eval:
         src = cfg.validation_file or f"{cfg.dataset_name} validation"
         if counts.eval_features is None:
-            row("eval", f"{src}: {counts.eval_unknown}")
+            known = f"{counts.eval_examples:,} examples -> features " if counts.eval_examples is not None else ""
+            row("eval", f"{src}: {known}{counts.eval_unknown}")
         else:
             row("eval", f"{src}: {_int(counts.eval_examples)} examples -> {_int(counts.eval_features)} features")
     row("windows", f"max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride}"
@@ -589,8 +596,8 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     row("logging", f"every {cfg.logging_steps} step(s)")
 
     n = world_size
-    section(f"memory per GPU for model states (ZeRO-{stage}, N = {n}" + (f", Ψ = {num_params:,})" if num_params
-                                                                        else ")"))
+    section(f"memory per {'GPU' if cuda else 'process'} for model states (ZeRO-{stage}, N = {n}"
+            + (f", Ψ = {num_params:,})" if num_params else ")"))
     mixed_states = ds is not None and precision in ("fp16", "bf16")
     est = None
     if num_params is not None:

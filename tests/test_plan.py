@@ -98,7 +98,7 @@ def test_plan_counts_features_steps_and_memory_on_the_demo_data(tiny: Path) -> N
     # Memory: ZeRO-2 in fp32 (CPU) on N=2, Ψ counted from the real weights.
     psi = sum(p.numel() for p in AutoModelForQuestionAnswering.from_pretrained(tiny).parameters())
     assert _row(plan, "parameters", "model") == f"{psi:,} (Ψ)"
-    mem = plan.split("\nmemory per GPU", 1)[1]
+    mem = plan.split("\nmemory per process", 1)[1]
     assert _row(mem, "formula") == "4Ψ (fp32 params) + 4Ψ/N (fp32 grads) + 8Ψ/N (Adam m, v) = 4Ψ + 12Ψ/N"
     assert _row(mem, "parameters") == format_bytes(4 * psi)
     assert _row(mem, "gradients") == format_bytes(4 * psi / 2)
@@ -122,6 +122,10 @@ def test_plan_without_the_dataset_or_model_config_says_unknown(tiny: Path) -> No
     assert _row(plan, "parameters", "model").startswith("unknown (needs the model config")
     assert _row(plan, "formula") == "4Ψ (fp32 params) + 4Ψ/N (fp32 grads) + 8Ψ/N (Adam m, v) = 4Ψ + 12Ψ/N"
     assert _row(plan, "total", "memory") == "unknown (needs the model config for Ψ)"
+    # Local data but a tokenizer that is not cached: examples are counted, features are not.
+    cfg = _cfg(tiny, "--tokenizer_name", "no-such-org/no-such-tokenizer", "--do_eval", "false")
+    train = _row(describe_plan(cfg, world_size=1, cuda=False), "train", "data")
+    assert re.fullmatch(r".*train.json: 307 examples -> features unknown \(needs the tokenizer; \w+\)", train)
 
 
 def test_wandb_destination_and_mode(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,7 +302,7 @@ def test_train_py_dry_run_prints_the_plan_and_writes_nothing(tiny: Path, tmp_pat
         cwd=REPO, env=base_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Dry run for run 'demo'") == 1
-    assert "steps per epoch" in proc.stdout and "memory per GPU" in proc.stdout
+    assert "steps per epoch" in proc.stdout and "memory per process" in proc.stdout
     assert not out.exists()  # neither output_dir/final nor anything else
 
 
