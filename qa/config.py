@@ -329,4 +329,7 @@ def load_config(argv: Sequence[str] | None = None, *, check_files: bool = True) 
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """The resolved config, secrets redacted: it lands in output dirs, checkpoints and buckets."""
+    from qa.tracking import redact
+
+    Path(path).write_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False))

@@ -25,15 +25,18 @@ from qa.config import ConfigError, TrainConfig, load_config
 
 GIB = 1024**3
 ACCELERATE_CONFIGS = Path("configs/accelerate")
-# The accelerate config variables that DeepSpeedPlugin refuses next to a DeepSpeed JSON (it raises at start-up,
-# see accelerate.utils.dataclasses.DeepSpeedPlugin._deepspeed_config_checks); the JSON and the run config own them.
+# The accelerate config variables that DeepSpeedPlugin refuses next to a DeepSpeed JSON (it raises at
+# start-up, see accelerate.utils.dataclasses.DeepSpeedPlugin._deepspeed_config_checks); the JSON and the run
+# config own them.
 _ACCELERATE_FIELDS_REFUSED_WITH_JSON = frozenset({
     "gradient_accumulation_steps", "gradient_clipping", "zero_stage", "offload_optimizer_device",
-    "offload_param_device", "offload_param_nvme_path", "offload_optimizer_nvme_path", "zero3_save_16bit_model",
-    "mixed_precision",
+    "offload_param_device", "offload_param_nvme_path", "offload_optimizer_nvme_path",
+    "zero3_save_16bit_model", "mixed_precision",
 })
 # DeepSpeed scheduler types and the lr_scheduler_type with the same shape (linear warmup assumed).
-_DS_SCHEDULER_SHAPES = {"WarmupDecayLR": "linear", "WarmupCosineLR": "cosine", "WarmupLR": "constant_with_warmup"}
+_DS_SCHEDULER_SHAPES = {
+    "WarmupDecayLR": "linear", "WarmupCosineLR": "cosine", "WarmupLR": "constant_with_warmup",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -43,7 +46,7 @@ _DS_SCHEDULER_SHAPES = {"WarmupDecayLR": "linear", "WarmupCosineLR": "cosine", "
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per rank for parameters, gradients and Adam states; activations are deliberately not included."""
+    """Bytes per rank for parameters, gradients and Adam states; activations are deliberately left out."""
 
     num_params: int
     stage: int
@@ -96,13 +99,14 @@ def estimate_memory(num_params: int, *, stage: int, world_size: int, mixed_preci
         formula += f" = {simple}"
     off_terms = [(c, s, lab) for (c, s, off), lab in zip(terms, labels, strict=True) if off]
     if off_terms:
-        formula += "; offloaded per rank: " + " + ".join(f"{term(c, s)} ({lab})" for c, s, lab in off_terms)
-    return MemoryEstimate(num_params=num_params, stage=stage, world_size=n, params_gpu=gpu[0], grads_gpu=gpu[1],
-                          optimizer_gpu=gpu[2], host=host, formula=formula)
+        formula += "; offloaded per rank: " + " + ".join(
+            f"{term(c, s)} ({lab})" for c, s, lab in off_terms)
+    return MemoryEstimate(num_params=num_params, stage=stage, world_size=n, params_gpu=gpu[0],
+                          grads_gpu=gpu[1], optimizer_gpu=gpu[2], host=host, formula=formula)
 
 
 def count_parameters_from_config(config: Any) -> int:
-    """Parameters of the QA model for a transformers config, built on the meta device (no memory, no weights)."""
+    """Parameters of the QA model for a transformers config, built on the meta device (no weights)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForQuestionAnswering
 
@@ -117,7 +121,7 @@ def count_parameters(cfg: TrainConfig) -> tuple[int | None, str]:
 
     try:
         config = AutoConfig.from_pretrained(cfg.model_name_or_path)
-    except Exception as e:  # noqa: BLE001 - offline hub names raise several types; the plan says "unknown"
+    except Exception as e:  # noqa: BLE001 - offline hub names raise several types; the plan says so
         return None, f"unknown (needs the model config; {type(e).__name__})"
     from transformers import AutoModelForQuestionAnswering
 
@@ -132,10 +136,6 @@ def count_parameters(cfg: TrainConfig) -> tuple[int | None, str]:
 # ---------------------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _ds_path(cfg: TrainConfig) -> str:
-    return str(cfg.deepspeed)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -163,10 +163,10 @@ def _check_total_batch(cfg: TrainConfig, world_size: int) -> None:
     if fixes:
         raise ConfigError(f"{head}; on {world_size} process(es) set " + " or ".join(fixes))
     fits = [n for n in range(1, total + 1) if total % (n * micro * acc) == 0]
-    hint = f"; {', '.join(map(str, fits[-4:]))} processes would make it with these per-device and accumulation " \
-           "values" if fits else ""
-    raise ConfigError(f"{head}; a world size of {world_size} cannot make {total} ({total} is not a multiple of "
-                      f"{world_size}): launch a number of processes that divides {total}{hint}, or change "
+    hint = (f"; {', '.join(map(str, fits[-4:]))} processes would make it with these per-device and "
+            "accumulation values") if fits else ""
+    raise ConfigError(f"{head}; a world size of {world_size} cannot make {total} ({total} is not a multiple "
+                      f"of {world_size}): launch a number of processes that divides {total}{hint}, or change "
                       "total_train_batch_size")
 
 
@@ -178,22 +178,23 @@ def _check_launcher_env(cfg: TrainConfig, env: dict[str, str] | os._Environ) -> 
         if use_ds:
             raise ConfigError(
                 "deepspeed: the launcher turned DeepSpeed on (ACCELERATE_USE_DEEPSPEED=true, from `accelerate "
-                "launch --use_deepspeed` or a DEEPSPEED accelerate config) but the run config has deepspeed: null, "
-                "so Accelerate would build an engine from the launcher's defaults instead of this config; set "
-                f"--deepspeed {env_json or 'configs/deepspeed/zero2.json'} or launch without DeepSpeed")
+                "launch --use_deepspeed` or a DEEPSPEED accelerate config) but the run config has "
+                "deepspeed: null, so Accelerate would build an engine from the launcher's defaults instead "
+                f"of this config; set --deepspeed {env_json or 'configs/deepspeed/zero2.json'} or launch "
+                "without DeepSpeed")
         return
     if env_json and env_json.lower() != "none" and not _same_json(env_json, cfg.deepspeed):
         raise ConfigError(
-            f"deepspeed: the accelerate config points at {env_json} (ACCELERATE_DEEPSPEED_CONFIG_FILE) but the run "
-            f"config has deepspeed: {cfg.deepspeed}. The run config's JSON is the one the Accelerator is built with; "
-            f"make them agree: pass --deepspeed {env_json}, or launch with --deepspeed_config_file {cfg.deepspeed} "
-            "(or the configs/accelerate/ YAML written for that JSON)")
+            f"deepspeed: the accelerate config points at {env_json} (ACCELERATE_DEEPSPEED_CONFIG_FILE) but "
+            f"the run config has deepspeed: {cfg.deepspeed}. The run config's JSON is the one the Accelerator "
+            f"is built with; make them agree: pass --deepspeed {env_json}, or launch with "
+            f"--deepspeed_config_file {cfg.deepspeed} (or the configs/accelerate/ YAML written for that JSON)")
     fields = {f.strip() for f in env.get("ACCELERATE_CONFIG_DS_FIELDS", "").split(",") if f.strip()}
     refused = sorted(fields & _ACCELERATE_FIELDS_REFUSED_WITH_JSON)
     if refused:
         raise ConfigError(
-            f"deepspeed: the accelerate config sets {refused}, which Accelerate refuses next to a DeepSpeed JSON "
-            "(it raises when the Accelerator starts); remove them from the accelerate YAML (or pass "
+            f"deepspeed: the accelerate config sets {refused}, which Accelerate refuses next to a DeepSpeed "
+            "JSON (it raises when the Accelerator starts); remove them from the accelerate YAML (or pass "
             "--mixed_precision on the command line): the run config and the JSON own these values")
 
 
@@ -208,10 +209,10 @@ def _same_json(a: str, b: str) -> bool:
 
 
 def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
-    """Values qa.modeling.load_deepspeed_config does not own: explicit ones must agree with the run config."""
+    """Values qa.modeling.load_deepspeed_config does not fill: explicit ones must agree with the run config."""
     if "zero_optimization" not in raw:
-        raise ConfigError(f"deepspeed: {path} has no \"zero_optimization\" section (Accelerate requires one); "
-                          "add {\"zero_optimization\": {\"stage\": 2}} or set deepspeed: null for plain DDP")
+        raise ConfigError(f"deepspeed: {path} has no \"zero_optimization\" section (Accelerate requires "
+                          "one); add {\"zero_optimization\": {\"stage\": 2}} or set deepspeed: null for DDP")
     opt = raw.get("optimizer")
     sched = raw.get("scheduler")
     if opt is not None:
@@ -222,35 +223,36 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
                                 ("weight_decay", cfg.weight_decay, "weight_decay")):
             got = params.get(key, "auto")
             if got != "auto" and _differs(got, want):
-                raise ConfigError(f"deepspeed: {path} sets optimizer.params.{key}={got} but {name} is {want}; "
-                                  "set it to \"auto\" so the run config owns it")
+                raise ConfigError(f"deepspeed: {path} sets optimizer.params.{key}={got} but {name} is "
+                                  f"{want}; set it to \"auto\" so the run config owns it")
         if sched is None:
-            # Verified with accelerate 1.15: qa.modeling builds DummyOptim for a JSON optimizer, and a
-            # transformers schedule cannot wrap it (no param_groups); Accelerate accepts only DummyScheduler then.
+            # Verified with accelerate 1.15: qa.modeling builds DummyOptim for a JSON optimizer, which a
+            # transformers schedule cannot wrap (no param_groups); Accelerate accepts only DummyScheduler then.
             raise ConfigError(
                 f"deepspeed: {path} has an \"optimizer\" section but no \"scheduler\" section, so the run's "
-                "lr_scheduler_type cannot drive DeepSpeed's optimizer and the run fails when it builds the schedule; "
-                "remove the optimizer section (with offload, Accelerate turns our AdamW into DeepSpeed's CPU Adam "
-                "itself) or add a scheduler section such as WarmupDecayLR with \"auto\" values")
+                "lr_scheduler_type cannot drive DeepSpeed's optimizer and the run fails when it builds the "
+                "schedule; remove the optimizer section (with offload, Accelerate turns our AdamW into "
+                "DeepSpeed's CPU Adam itself) or add a scheduler section such as WarmupDecayLR with \"auto\" "
+                "values")
     if sched is not None:
         stype = sched.get("type")
         shape = _DS_SCHEDULER_SHAPES.get(stype)
         if shape is not None and shape != cfg.lr_scheduler_type:
-            raise ConfigError(f"lr_scheduler_type: {cfg.lr_scheduler_type}, but {path} has a {stype} scheduler "
-                              f"(DeepSpeed's schedule replaces ours); set lr_scheduler_type: {shape} or remove the "
-                              "scheduler section")
+            raise ConfigError(f"lr_scheduler_type: {cfg.lr_scheduler_type}, but {path} has a {stype} "
+                              f"scheduler (DeepSpeed's schedule replaces ours); set lr_scheduler_type: {shape} "
+                              "or remove the scheduler section")
         params = sched.get("params", {})
         warm = params.get("warmup_num_steps", "auto")
         warm = cfg.num_warmup_steps if warm == "auto" else warm
         if stype in _DS_SCHEDULER_SHAPES and (not isinstance(warm, int) or warm <= 0):
-            raise ConfigError(f"num_warmup_steps: DeepSpeed's {stype} (from {path}) needs warmup_num_steps >= 1, "
-                              f"got {warm}; set num_warmup_steps to at least 1")
+            raise ConfigError(f"num_warmup_steps: DeepSpeed's {stype} (from {path}) needs warmup_num_steps "
+                              f">= 1, got {warm}; set num_warmup_steps to at least 1")
         for key, want, name in (("warmup_num_steps", cfg.num_warmup_steps, "num_warmup_steps"),
                                 ("warmup_max_lr", cfg.learning_rate, "learning_rate")):
             got = params.get(key, "auto")
             if got != "auto" and _differs(got, want):
-                raise ConfigError(f"deepspeed: {path} sets scheduler.params.{key}={got} but {name} is {want}; "
-                                  "set it to \"auto\" so the run config owns it")
+                raise ConfigError(f"deepspeed: {path} sets scheduler.params.{key}={got} but {name} is "
+                                  f"{want}; set it to \"auto\" so the run config owns it")
 
 
 def _differs(got: Any, want: Any) -> bool:
@@ -271,7 +273,7 @@ def _offload(ds: dict[str, Any] | None) -> tuple[str, str]:
 
 def _gathers_16bit_weights(ds: dict[str, Any], env: dict[str, str] | os._Environ) -> bool:
     value = ds.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save", False)
-    if value == "auto":  # Accelerate fills it from `accelerate config`'s zero3_save_16bit_model (default false)
+    if value == "auto":  # Accelerate fills it from the accelerate config's zero3_save_16bit_model (default no)
         return env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false").lower() == "true"
     return bool(value)
 
@@ -287,9 +289,9 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
     _check_total_batch(cfg, world_size)
     _check_launcher_env(cfg, env)
     warnings: list[str] = []
-    ds = load_deepspeed_config(cfg, world_size=world_size, precision=precision)  # batch/precision/clipping
+    ds = load_deepspeed_config(cfg, world_size=world_size, precision=precision)  # batch, precision, clipping
     if ds is not None:
-        path = _ds_path(cfg)
+        path = str(cfg.deepspeed)
         _check_ds_values(cfg, _read_json(path), path)
         stage = zero_stage(ds)
         off_opt, off_param = _offload(ds)
@@ -299,36 +301,40 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
                                          ("export_every_checkpoint", cfg.export_every_checkpoint)) if on]
                 if needs:
                     raise ConfigError(
-                        f"deepspeed: {path} has zero_optimization.stage3_gather_16bit_weights_on_model_save false, "
-                        f"but {' and '.join(needs)} needs the full weights gathered from the ZeRO-3 shards; set it "
-                        "to true")
+                        f"deepspeed: {path} has zero_optimization.stage3_gather_16bit_weights_on_model_save "
+                        f"false, but {' and '.join(needs)} needs the full weights gathered from the ZeRO-3 "
+                        "shards; set it to true")
             if cfg.resume_weights_only:
-                # Verified with deepspeed 0.19 / accelerate 1.15: load_state(load_module_only=True) under ZeRO-3
-                # reads the empty parameter placeholders of mp_rank_00_model_states.pt and keeps the initial
-                # weights, silently. (DeepSpeed gathers the real ones only with load_optimizer_states=False.)
+                # Verified with deepspeed 0.19 / accelerate 1.15: load_state(load_module_only=True) under
+                # ZeRO-3 reads the empty parameter placeholders of mp_rank_00_model_states.pt and keeps the
+                # initial weights, silently (DeepSpeed gathers the real ones only with
+                # load_optimizer_states=False).
                 raise ConfigError(
-                    "resume_weights_only: under ZeRO-3 the weights-only resume silently keeps the initial weights "
-                    "(the checkpoint's module file holds only partition placeholders); resume with the full state "
-                    "on the same world size (resume_weights_only: false), or start from an exported model "
-                    "(model_name_or_path: <output_dir>/final or a checkpoint's model/ from export_every_checkpoint)")
+                    "resume_weights_only: under ZeRO-3 the weights-only resume silently keeps the initial "
+                    "weights (the checkpoint's module file holds only partition placeholders); resume with the "
+                    "full state on the same world size (resume_weights_only: false), or start from an exported "
+                    "model (model_name_or_path: <output_dir>/final, or a checkpoint's model/ written by "
+                    "export_every_checkpoint)")
             if cfg.torch_compile:
-                # Verified with torch 2.13 / deepspeed 0.19: compiling the model before DeepSpeed wraps it fails
-                # in ZeRO-3's forward pre-hook ('dict' object has no attribute '_in_forward'); see also
+                # Verified with torch 2.13 / deepspeed 0.19: compiling the model before DeepSpeed wraps it
+                # fails in ZeRO-3's forward pre-hook ('dict' object has no attribute '_in_forward'); see also
                 # pytorch/pytorch#115484.
-                raise ConfigError("torch_compile: torch.compile of the model is not supported with DeepSpeed ZeRO-3 "
-                                  "(ZeRO-3's parameter-gathering hooks fail inside the compiled forward); set "
+                raise ConfigError("torch_compile: torch.compile of the model is not supported with DeepSpeed "
+                                  "ZeRO-3 (its parameter-gathering hooks fail inside the compiled forward); set "
                                   "torch_compile: false or use ZeRO-2 (configs/deepspeed/zero2.json)")
             if world_size == 1:
                 warnings.append("ZeRO-3 on 1 process shards nothing; ZeRO-2 (or no DeepSpeed) is faster")
         elif off_param != "none":
             warnings.append(f"{path}: offload_param only applies to ZeRO-3; stage {stage} ignores it")
         if stage in (1, 2) and world_size == 1 and off_opt == "none":
-            warnings.append(f"ZeRO-{stage} on 1 process shards nothing (DeepSpeed still runs the mixed precision)")
+            warnings.append(f"ZeRO-{stage} on 1 process shards nothing (DeepSpeed still runs the mixed "
+                            "precision)")
     if not cuda and world_size > 1:
-        warnings.append(f"{world_size} CPU processes communicate over gloo: fine for tests, slow for training")
+        warnings.append(f"{world_size} CPU processes communicate over gloo: fine for tests, slow for "
+                        "training")
     if cfg.do_train and cfg.checkpointing_steps is None:
-        warnings.append("checkpointing_steps is null: only a preemption signal saves a checkpoint; a crash or a "
-                        "node failure loses the run")
+        warnings.append("checkpointing_steps is null: only a preemption signal saves a checkpoint; a crash or "
+                        "a node failure loses the run")
     return warnings
 
 
@@ -367,9 +373,9 @@ def count_data(cfg: TrainConfig) -> DataCounts:
                 continue
             try:
                 examples = qa_data.load_examples(
-                    dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name, data_file=data_file,
-                    split=split, skip_misaligned=cfg.skip_misaligned_answers, max_samples=max_samples,
-                    version_2_with_negative=cfg.version_2_with_negative)
+                    dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
+                    data_file=data_file, split=split, skip_misaligned=cfg.skip_misaligned_answers,
+                    max_samples=max_samples, version_2_with_negative=cfg.version_2_with_negative)
             except DataError:
                 raise  # bad data fails the dry run, exactly as it would fail the run
             except Exception as e:  # noqa: BLE001 - a hub dataset that is not cached, offline: several types
@@ -422,20 +428,22 @@ class Schedule:
         The loop stops at the last step without finishing the epoch's bookkeeping, so the last epoch has none:
         the final evaluation and export take its place.
         """
-        return [k * self.steps_per_epoch for k in range(1, self.epochs + 1) if k * self.steps_per_epoch < self.total_steps]
+        ends = (k * self.steps_per_epoch for k in range(1, self.epochs + 1))
+        return [s for s in ends if s < self.total_steps]
 
 
 def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) -> Schedule:
-    """Optimizer steps exactly as qa.run computes them (whole global batches per step, the remainder dropped)."""
+    """Optimizer steps as qa.run computes them (whole global batches per step, the remainder dropped)."""
     from qa.loop import total_steps
 
     global_batch = cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps
     per_epoch = train_features // global_batch
     if per_epoch == 0:
         raise ConfigError(
-            f"per_device_train_batch_size: {train_features} training features cannot fill one optimizer step of "
-            f"{cfg.per_device_train_batch_size} x {world_size} process(es) x {cfg.gradient_accumulation_steps} "
-            "accumulation; lower the batch size or the accumulation, or add data")
+            f"per_device_train_batch_size: {train_features} training features cannot fill one optimizer step "
+            f"of {cfg.per_device_train_batch_size} x {world_size} process(es) x "
+            f"{cfg.gradient_accumulation_steps} accumulation; lower the batch size or the accumulation, or add "
+            "data")
     # batches per epoch per rank, as StepBatchSampler yields them
     total, epochs = total_steps(cfg, per_epoch * cfg.gradient_accumulation_steps)
     return Schedule(global_batch=global_batch, steps_per_epoch=per_epoch, total_steps=total, epochs=epochs)
@@ -462,8 +470,9 @@ def _steps(steps: list[int]) -> str:
         return "none"
     if len(steps) <= 6:
         return ", ".join(f"{s:,}" for s in steps)
-    return ", ".join(f"{s:,}" for s in steps[:3]) + ", ..., " + ", ".join(f"{s:,}" for s in steps[-2:]) + \
-        f" ({len(steps)} in all)"
+    head = ", ".join(f"{s:,}" for s in steps[:3])
+    tail = ", ".join(f"{s:,}" for s in steps[-2:])
+    return f"{head}, ..., {tail} ({len(steps)} in all)"
 
 
 def _every(total: int, every: int) -> list[int]:

@@ -29,6 +29,7 @@ import re
 import secrets
 import string
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
@@ -346,6 +347,40 @@ def _describe(exc: BaseException) -> str:
     return redact(text if len(text) <= 300 else text[:297] + "...")
 
 
+def redact_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Command-line words with the values of secret-looking options (``--x_token V``, ``--x_key=V``) hidden."""
+    env_secrets = secret_env_values(environ)
+    out: list[str] = []
+    hide_next = False
+    for word in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        if word.startswith("--"):
+            name, eq, _ = word[2:].partition("=")
+            if is_secret_name(name):
+                if eq:
+                    out.append(f"--{name}=***")
+                else:
+                    out.append(word)
+                    hide_next = True
+                continue
+        out.append(_scrub_text(word, env_secrets))
+    return out
+
+
+def _last_logged_step(path: Path) -> int:
+    last = -1
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line).get("step", -1)))
+            except (ValueError, AttributeError):
+                continue
+    return last
+
+
 def _print_line(line: str) -> None:
     print(line, flush=True)
 
@@ -396,6 +431,7 @@ class Tracker:
         self._run: Any = None
         self._wandb_tracker: Any = None
         self._first_wandb_step = 0
+        self._resume_run_id = resume_run_id
         self._wandb_warned = False
         self._wandb_failures = 0
         self._file_warned = False
@@ -425,6 +461,8 @@ class Tracker:
             self.environment.get("git_commit"),
         )
         if use_wandb:
+            # wandb records sys.argv with the run; a secret passed as a flag must not go with it.
+            sys.argv[:] = redact_argv(sys.argv)
             init_kwargs = tracker_init_kwargs(
                 run_id=self.run_id,
                 run_name=run_name,
@@ -503,6 +541,12 @@ class Tracker:
         # A resumed online run starts after the last step the server has; W&B drops (with a warning
         # per call) anything older, so those steps are only sent to the console and metrics.jsonl.
         self._first_wandb_step = int(getattr(self._run, "step", 0) or 0)
+        if self._resume_run_id is not None:
+            # A resume rolls back to the last checkpoint; the steps an earlier attempt already logged
+            # stay as they are (an exact resume recomputes the same values), so the W&B step axis has
+            # neither repeats nor gaps. metrics.jsonl keeps every attempt's lines.
+            last = _last_logged_step(self.metrics_path) if self.metrics_path is not None else -1
+            self._first_wandb_step = max(self._first_wandb_step, last + 1)
         logger.info("W&B run %s started (%s)", self.run_id, self.mode)
 
     @staticmethod
