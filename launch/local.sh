@@ -43,7 +43,8 @@ fi
 case ${LAUNCH_DEVICE:-auto} in
   gpu) GPU=1 ;;
   cpu) GPU=0 ;;
-  auto) if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; else GPU=0; fi ;;
+  auto)
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; else GPU=0; fi ;;
   *) echo "LAUNCH_DEVICE must be cpu, gpu or auto" >&2; exit 2 ;;
 esac
 
@@ -106,7 +107,8 @@ while :; do
 done
 
 if [[ -f "$OUTPUT_DIR/PREEMPTED" ]]; then
-  echo "launch/local.sh: preempted at step $(cat "$OUTPUT_DIR/PREEMPTED"); rerun with --resume_from_checkpoint auto (the squad_* configs set it)" >&2
+  echo "launch/local.sh: preempted at step $(cat "$OUTPUT_DIR/PREEMPTED"); rerun with" \
+    "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
   exit 42
 fi
 exit "$rc"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The same job with plain torchrun instead of `accelerate launch`: train.py needs neither accelerate's launcher
-# nor its config files, because it builds the Accelerator and the DeepSpeed plugin from the run config alone.
+# The same job with plain torchrun instead of `accelerate launch`: train.py needs neither accelerate's
+# launcher nor its config files, because it builds the Accelerator and the DeepSpeed plugin from the run
+# config alone.
 #
 #   launch/torchrun.sh NPROC_PER_NODE CONFIG.yaml [--key value ...]          # one machine
 #   NNODES=2 MASTER_ADDR=node0 MASTER_PORT=29500 launch/torchrun.sh 8 CONFIG.yaml   # on every node
@@ -17,7 +18,8 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: [NNODES=N MASTER_ADDR=host MASTER_PORT=port] $0 NPROC_PER_NODE CONFIG.yaml [--key value ...]" >&2
+  echo "usage: [NNODES=N MASTER_ADDR=host MASTER_PORT=port] $0 NPROC_PER_NODE CONFIG.yaml" \
+    "[--key value ...]" >&2
   exit 2
 }
 [[ $# -ge 2 ]] || usage
@@ -76,7 +78,8 @@ while :; do  # `wait` returns early when a trapped signal arrives
 done
 
 if [[ -f "$OUTPUT_DIR/PREEMPTED" ]]; then
-  echo "launch/torchrun.sh: preempted at step $(cat "$OUTPUT_DIR/PREEMPTED"); rerun with --resume_from_checkpoint auto" >&2
+  echo "launch/torchrun.sh: preempted at step $(cat "$OUTPUT_DIR/PREEMPTED"); rerun with" \
+    "--resume_from_checkpoint auto" >&2
   exit 42
 fi
 exit "$rc"

@@ -148,7 +148,7 @@ def train(run: Run) -> str:
                 return _preempt(run, train_time_before + time.perf_counter() - t_start)
             if st.global_step >= run.total_steps:
                 break
-        else:
+        if st.batches_in_epoch >= run.batches_per_epoch:  # the epoch ran to its end
             st.epoch += 1
             st.batches_in_epoch = 0
             if cfg.checkpointing_steps == "epoch":

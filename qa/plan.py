@@ -177,18 +177,19 @@ def _check_launcher_env(cfg: TrainConfig, env: dict[str, str] | os._Environ) -> 
     if cfg.deepspeed is None:
         if use_ds:
             raise ConfigError(
-                "deepspeed: the launcher turned DeepSpeed on (ACCELERATE_USE_DEEPSPEED=true, from `accelerate "
-                "launch --use_deepspeed` or a DEEPSPEED accelerate config) but the run config has "
-                "deepspeed: null, so Accelerate would build an engine from the launcher's defaults instead "
-                f"of this config; set --deepspeed {env_json or 'configs/deepspeed/zero2.json'} or launch "
-                "without DeepSpeed")
+                "deepspeed: the launcher turned DeepSpeed on (ACCELERATE_USE_DEEPSPEED=true, from "
+                "`accelerate launch --use_deepspeed` or a DEEPSPEED accelerate config) but the run config "
+                "has deepspeed: null, so Accelerate would build an engine from the launcher's defaults "
+                f"instead of this config; set --deepspeed {env_json or 'configs/deepspeed/zero2.json'} or "
+                "launch without DeepSpeed")
         return
     if env_json and env_json.lower() != "none" and not _same_json(env_json, cfg.deepspeed):
         raise ConfigError(
             f"deepspeed: the accelerate config points at {env_json} (ACCELERATE_DEEPSPEED_CONFIG_FILE) but "
-            f"the run config has deepspeed: {cfg.deepspeed}. The run config's JSON is the one the Accelerator "
-            f"is built with; make them agree: pass --deepspeed {env_json}, or launch with "
-            f"--deepspeed_config_file {cfg.deepspeed} (or the configs/accelerate/ YAML written for that JSON)")
+            f"the run config has deepspeed: {cfg.deepspeed}. The run config's JSON is the one the "
+            f"Accelerator is built with; make them agree: pass --deepspeed {env_json}, or launch with "
+            f"--deepspeed_config_file {cfg.deepspeed} (or the configs/accelerate/ YAML written for that "
+            "JSON)")
     fields = {f.strip() for f in env.get("ACCELERATE_CONFIG_DS_FIELDS", "").split(",") if f.strip()}
     refused = sorted(fields & _ACCELERATE_FIELDS_REFUSED_WITH_JSON)
     if refused:
@@ -209,7 +210,7 @@ def _same_json(a: str, b: str) -> bool:
 
 
 def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
-    """Values qa.modeling.load_deepspeed_config does not fill: explicit ones must agree with the run config."""
+    """Values qa.modeling.load_deepspeed_config leaves alone: explicit ones must agree with the run YAML."""
     if "zero_optimization" not in raw:
         raise ConfigError(f"deepspeed: {path} has no \"zero_optimization\" section (Accelerate requires "
                           "one); add {\"zero_optimization\": {\"stage\": 2}} or set deepspeed: null for DDP")
@@ -227,7 +228,7 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
                                   f"{want}; set it to \"auto\" so the run config owns it")
         if sched is None:
             # Verified with accelerate 1.15: qa.modeling builds DummyOptim for a JSON optimizer, which a
-            # transformers schedule cannot wrap (no param_groups); Accelerate accepts only DummyScheduler then.
+            # transformers schedule cannot wrap (no param_groups); Accelerate then takes DummyScheduler only.
             raise ConfigError(
                 f"deepspeed: {path} has an \"optimizer\" section but no \"scheduler\" section, so the run's "
                 "lr_scheduler_type cannot drive DeepSpeed's optimizer and the run fails when it builds the "
@@ -239,8 +240,8 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
         shape = _DS_SCHEDULER_SHAPES.get(stype)
         if shape is not None and shape != cfg.lr_scheduler_type:
             raise ConfigError(f"lr_scheduler_type: {cfg.lr_scheduler_type}, but {path} has a {stype} "
-                              f"scheduler (DeepSpeed's schedule replaces ours); set lr_scheduler_type: {shape} "
-                              "or remove the scheduler section")
+                              "scheduler (DeepSpeed's schedule replaces ours); set lr_scheduler_type: "
+                              f"{shape} or remove the scheduler section")
         params = sched.get("params", {})
         warm = params.get("warmup_num_steps", "auto")
         warm = cfg.num_warmup_steps if warm == "auto" else warm
@@ -273,7 +274,7 @@ def _offload(ds: dict[str, Any] | None) -> tuple[str, str]:
 
 def _gathers_16bit_weights(ds: dict[str, Any], env: dict[str, str] | os._Environ) -> bool:
     value = ds.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save", False)
-    if value == "auto":  # Accelerate fills it from the accelerate config's zero3_save_16bit_model (default no)
+    if value == "auto":  # filled from the accelerate config's zero3_save_16bit_model (default false)
         return env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false").lower() == "true"
     return bool(value)
 
@@ -311,17 +312,17 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
                 # load_optimizer_states=False).
                 raise ConfigError(
                     "resume_weights_only: under ZeRO-3 the weights-only resume silently keeps the initial "
-                    "weights (the checkpoint's module file holds only partition placeholders); resume with the "
-                    "full state on the same world size (resume_weights_only: false), or start from an exported "
-                    "model (model_name_or_path: <output_dir>/final, or a checkpoint's model/ written by "
-                    "export_every_checkpoint)")
+                    "weights (the checkpoint's module file holds only partition placeholders); resume with "
+                    "the full state on the same world size (resume_weights_only: false), or start from an "
+                    "exported model (model_name_or_path: <output_dir>/final, or a checkpoint's model/ "
+                    "written by export_every_checkpoint)")
             if cfg.torch_compile:
                 # Verified with torch 2.13 / deepspeed 0.19: compiling the model before DeepSpeed wraps it
                 # fails in ZeRO-3's forward pre-hook ('dict' object has no attribute '_in_forward'); see also
                 # pytorch/pytorch#115484.
                 raise ConfigError("torch_compile: torch.compile of the model is not supported with DeepSpeed "
-                                  "ZeRO-3 (its parameter-gathering hooks fail inside the compiled forward); set "
-                                  "torch_compile: false or use ZeRO-2 (configs/deepspeed/zero2.json)")
+                                  "ZeRO-3 (its parameter-gathering hooks fail inside the compiled forward); "
+                                  "set torch_compile: false or use ZeRO-2 (configs/deepspeed/zero2.json)")
             if world_size == 1:
                 warnings.append("ZeRO-3 on 1 process shards nothing; ZeRO-2 (or no DeepSpeed) is faster")
         elif off_param != "none":
@@ -333,8 +334,8 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
         warnings.append(f"{world_size} CPU processes communicate over gloo: fine for tests, slow for "
                         "training")
     if cfg.do_train and cfg.checkpointing_steps is None:
-        warnings.append("checkpointing_steps is null: only a preemption signal saves a checkpoint; a crash or "
-                        "a node failure loses the run")
+        warnings.append("checkpointing_steps is null: only a preemption signal saves a checkpoint; a crash "
+                        "or a node failure loses the run")
     return warnings
 
 
@@ -442,8 +443,8 @@ def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) ->
         raise ConfigError(
             f"per_device_train_batch_size: {train_features} training features cannot fill one optimizer step "
             f"of {cfg.per_device_train_batch_size} x {world_size} process(es) x "
-            f"{cfg.gradient_accumulation_steps} accumulation; lower the batch size or the accumulation, or add "
-            "data")
+            f"{cfg.gradient_accumulation_steps} accumulation; lower the batch size or the accumulation, or "
+            "add data")
     # batches per epoch per rank, as StepBatchSampler yields them
     total, epochs = total_steps(cfg, per_epoch * cfg.gradient_accumulation_steps)
     return Schedule(global_batch=global_batch, steps_per_epoch=per_epoch, total_steps=total, epochs=epochs)
@@ -519,8 +520,8 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     def row(key: str, value: str) -> None:
         lines.append(f"  {key:<20} {value}")
 
-    lines.append(f"Dry run for run '{run_name}': nothing is trained, no weights are loaded, nothing is written "
-                 "to output_dir.")
+    lines.append(f"Dry run for run '{run_name}': nothing is trained, no weights are loaded, nothing is "
+                 "written to output_dir.")
     section("launch")
     where = os.environ.get("WORLD_SIZE")
     row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
@@ -540,8 +541,8 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
         if stage == 3:
             init = os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true"
             row("ZeRO-3", f"16-bit weights gathered for save_pretrained: "
-                f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; weights partitioned while loading "
-                f"(zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
+                f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; weights partitioned while "
+                f"loading (zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
     if cfg.torch_compile:
         row("torch.compile", "on")
 
@@ -551,20 +552,18 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     row("attention", str(cfg.attn_implementation or "model default"))
 
     section("data")
-    if cfg.do_train:
-        src = cfg.train_file or f"{cfg.dataset_name} train"
-        if counts.train_features is None:
-            known = f"{counts.train_examples:,} examples -> features " if counts.train_examples is not None else ""
-            row("train", f"{src}: {known}{counts.train_unknown}")
+    for key, want, src, n_ex, n_feat, unknown in (
+            ("train", cfg.do_train, cfg.train_file or f"{cfg.dataset_name} train", counts.train_examples,
+             counts.train_features, counts.train_unknown),
+            ("eval", cfg.do_eval, cfg.validation_file or f"{cfg.dataset_name} validation",
+             counts.eval_examples, counts.eval_features, counts.eval_unknown)):
+        if not want:
+            continue
+        if n_feat is None:
+            known = f"{n_ex:,} examples -> features " if n_ex is not None else ""
+            row(key, f"{src}: {known}{unknown}")
         else:
-            row("train", f"{src}: {_int(counts.train_examples)} examples -> {_int(counts.train_features)} features")
-    if cfg.do_eval:
-        src = cfg.validation_file or f"{cfg.dataset_name} validation"
-        if counts.eval_features is None:
-            known = f"{counts.eval_examples:,} examples -> features " if counts.eval_examples is not None else ""
-            row("eval", f"{src}: {known}{counts.eval_unknown}")
-        else:
-            row("eval", f"{src}: {_int(counts.eval_examples)} examples -> {_int(counts.eval_features)} features")
+            row(key, f"{src}: {_int(n_ex)} examples -> {_int(n_feat)} features")
     row("windows", f"max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride}"
         + (", SQuAD v2 (unanswerable questions)" if cfg.version_2_with_negative else ""))
 
@@ -580,10 +579,11 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     sched: Schedule | None = None
     if cfg.do_train and counts.train_features is not None:
         sched = training_schedule(cfg, counts.train_features, world_size)
-        row("steps per epoch", f"{sched.steps_per_epoch:,} ({counts.train_features:,} features // {global_batch}; "
-                               "the remainder is dropped)")
-        row("optimizer steps", f"{sched.total_steps:,} over {sched.epochs} epoch(s)"
-            + (" (max_train_steps)" if cfg.max_train_steps is not None else f" (num_train_epochs {cfg.num_train_epochs:g})"))
+        row("steps per epoch", f"{sched.steps_per_epoch:,} ({counts.train_features:,} features // "
+                               f"{global_batch}; the remainder is dropped)")
+        why = " (max_train_steps)" if cfg.max_train_steps is not None \
+            else f" (num_train_epochs {cfg.num_train_epochs:g})"
+        row("optimizer steps", f"{sched.total_steps:,} over {sched.epochs} epoch(s){why}")
     elif cfg.do_train:
         row("optimizer steps", f"unknown (needs the dataset): features // {global_batch} per epoch x "
                                f"{cfg.num_train_epochs:g} epoch(s)" if cfg.max_train_steps is None
@@ -593,10 +593,11 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     if cfg.do_train:
         total = sched.total_steps if sched else cfg.max_train_steps
         frac = f" ({cfg.num_warmup_steps / total:.1%} of the run)" if total else ""
-        row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, {cfg.num_warmup_steps:,} "
-                             f"warmup step(s){frac}")
+        row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, "
+                             f"{cfg.num_warmup_steps:,} warmup step(s){frac}")
         if total is not None and cfg.num_warmup_steps > total:
-            warnings.append(f"num_warmup_steps ({cfg.num_warmup_steps}) is more than the {total} optimizer steps")
+            warnings.append(f"num_warmup_steps ({cfg.num_warmup_steps}) is more than the {total} optimizer "
+                            "steps")
     row("evaluation", _eval_line(cfg, sched))
     row("checkpoints", _checkpoint_line(cfg, sched))
     row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
@@ -634,13 +635,14 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     if not cuda and cfg.mixed_precision == "auto" and num_params is not None and ds is not None:
         gpu_est = estimate_memory(num_params, stage=stage, world_size=n, mixed_precision_states=True,
                                   offload_optimizer=off_opt != "none", offload_params=off_param != "none")
-        row("on GPUs (fp16)", f"{format_bytes(gpu_est.gpu_total)}: mixed_precision auto resolves to fp16 there")
+        row("on GPUs (fp16)", f"{format_bytes(gpu_est.gpu_total)}: mixed_precision auto means fp16 there")
     row("not included", "activations (grow with per-device batch x sequence length; gradient checkpointing "
-                        "is off), DeepSpeed communication buckets, ZeRO-3's gathered layers, the CUDA context and "
-                        "allocator fragmentation")
+                        "is off), DeepSpeed communication buckets, ZeRO-3's gathered layers, the CUDA "
+                        "context and allocator fragmentation")
 
     section("outputs")
-    row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all nodes share)")
+    row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all "
+                      "nodes share)")
     row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
     if cfg.do_train:
         row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")
@@ -688,7 +690,8 @@ def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
     if c is None:
         what = "no periodic checkpoints (checkpointing_steps: null)"
     elif c == "epoch":
-        what = f"at the end of each epoch but the last (steps {_steps(sched.epoch_ends()) if sched else 'unknown'})"
+        steps = _steps(sched.epoch_ends()) if sched else "unknown"
+        what = f"at the end of each epoch but the last (steps {steps})"
     else:
         what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
     keep = "all kept" if cfg.save_total_limit is None else f"newest {cfg.save_total_limit} kept"
@@ -698,7 +701,8 @@ def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
 
 def _resume_line(cfg: TrainConfig) -> str:
     r = cfg.resume_from_checkpoint
-    mode = " (weights only)" if cfg.resume_weights_only else " (model, optimizer, schedule, RNG, data position)"
+    mode = " (weights only)" if cfg.resume_weights_only \
+        else " (model, optimizer, schedule, RNG, data position)"
     if r is None:
         return "start fresh (resume_from_checkpoint: null)"
     if r == "auto":
@@ -722,7 +726,8 @@ def accelerate_config_for(cfg: TrainConfig, nproc: int, gpu: bool) -> str:
         z = json.loads(Path(cfg.deepspeed).read_text()).get("zero_optimization", {})
     except (OSError, json.JSONDecodeError):
         z = {}
-    offloaded = any(z.get(k, {}).get("device", "none") != "none" for k in ("offload_optimizer", "offload_param"))
+    offloaded = any(z.get(k, {}).get("device", "none") != "none"
+                    for k in ("offload_optimizer", "offload_param"))
     if z.get("stage") == 3:
         return str(ACCELERATE_CONFIGS / ("zero3_offload.yaml" if offloaded else "8gpu_zero3_fp16.yaml"))
     return str(ACCELERATE_CONFIGS / "8gpu_zero2_fp16.yaml")

@@ -11,7 +11,7 @@ import yaml
 from fixtures import REPO, launch, make_tiny_model
 from qa.config import ConfigError, TrainConfig, load_config
 from qa.modeling import load_deepspeed_config, zero_stage
-from qa.plan import _ACCELERATE_FIELDS_REFUSED_WITH_JSON, accelerate_config_for, check_plan
+from qa.plan import _ACCELERATE_FIELDS_REFUSED_WITH_JSON, _check_ds_values, accelerate_config_for, check_plan
 
 CONFIGS = REPO / "configs"
 RUN_YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -42,13 +42,15 @@ def _intended_launch(cfg: TrainConfig, path: Path) -> tuple[int, bool]:
     cuda = "cpu" not in path.name
     if cfg.total_train_batch_size is None:
         return (2 if not cuda else 1), cuda
-    return cfg.total_train_batch_size // (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps), cuda
+    per_process = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    return cfg.total_train_batch_size // per_process, cuda
 
 
 @pytest.mark.parametrize("path", RUN_YAMLS, ids=_id)
 def test_run_yaml_loads_and_its_plan_is_consistent(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_CONFIG_DS_FIELDS"):
+    for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+                "ACCELERATE_CONFIG_DS_FIELDS"):
         monkeypatch.delenv(key, raising=False)
     cfg = _load_run(path)
     for key in ("train_file", "validation_file", "deepspeed"):
@@ -101,7 +103,7 @@ def test_accelerate_yaml(path: Path) -> None:
 
 
 def test_accelerate_refuses_mixed_precision_next_to_a_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Why the accelerate YAMLs carry no mixed_precision: with it, every rank fails when it builds the plugin."""
+    """Why the accelerate YAMLs carry no mixed_precision: with it, every rank fails building the plugin."""
     from accelerate.utils import DeepSpeedPlugin
 
     ds = json.loads((CONFIGS / "deepspeed" / "zero2.json").read_text())
@@ -146,10 +148,9 @@ def test_offload_json() -> None:
     # build_scheduler); Accelerate maps our AdamW to DeepSpeed's CPU Adam by itself.
     assert "optimizer" not in raw and "scheduler" not in raw
     assert raw.get("zero_force_ds_cpu_optimizer", True) is True
+    with_optimizer = {**raw, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}
     with pytest.raises(ConfigError, match="no \"scheduler\" section"):
-        from qa.plan import _check_ds_values
-
-        _check_ds_values(TrainConfig(), {**raw, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}, "x")
+        _check_ds_values(TrainConfig(), with_optimizer, "x")
 
 
 @pytest.mark.slow
@@ -158,8 +159,9 @@ def test_offload_json_trains_with_deepspeed_cpu_adam(tmp_path: Path) -> None:
     tiny = make_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     proc = launch(["--config", str(CONFIGS / "demo_cpu.yaml"), "--model_name_or_path", str(tiny),
-                   "--deepspeed", str(CONFIGS / "deepspeed" / "zero3_offload.json"), "--mixed_precision", "'no'",
-                   "--max_train_steps", "2", "--do_eval", "false", "--report_to", "none", "--output_dir", str(out)],
+                   "--deepspeed", str(CONFIGS / "deepspeed" / "zero3_offload.json"),
+                   "--mixed_precision", "'no'", "--max_train_steps", "2", "--do_eval", "false",
+                   "--report_to", "none", "--output_dir", str(out)],
                   tmp=tmp_path, nproc=2, timeout=900)
     assert "outcome=completed" in proc.stdout
     assert (out / "final" / "model.safetensors").is_file()

@@ -70,7 +70,8 @@ def test_launch_info(config: str, nproc: int, gpu: str, expected: str, capsys: p
     assert lines["deepspeed"].startswith("configs/deepspeed/zero")
 
 
-def test_launch_info_offload_and_bad_config(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_launch_info_offload_and_bad_config(capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     assert plan_main(["launch-info", "8", "1", "--config", "configs/squad_v1_bert_large_zero3.yaml",
                       "--deepspeed", "configs/deepspeed/zero3_offload.json"]) == 0
@@ -110,7 +111,8 @@ def _start_then_signal(cmd: list[str], env: dict[str, str], sig: int) -> tuple[i
     The training log line "train: N optimizer steps" is printed after the model is prepared, which every rank
     reaches only after installing its preemption handler, so the signal cannot arrive too early.
     """
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     out = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -127,11 +129,13 @@ def test_local_sh_preemption_exits_42_with_a_checkpoint(tiny: Path, tmp_path: Pa
     out = tmp_path / "out"
     env = {**base_env(tmp_path), "LAUNCH_DEVICE": "cpu", "MAIN_PROCESS_PORT": str(free_port())}
     status, log = _start_then_signal(
-        [str(LAUNCH / "local.sh"), "2", *_run_args(tiny, out, "--max_train_steps", "100000")], env, signal.SIGUSR1)
+        [str(LAUNCH / "local.sh"), "2", *_run_args(tiny, out, "--max_train_steps", "100000")], env,
+        signal.SIGUSR1)
     assert status == 42, log[-4000:]
     step = int((out / "PREEMPTED").read_text())
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == [f"step_{step:07d}"]
-    assert "Sending process" in log and "closing signal SIGUSR1" in log  # torchrun forwarded it, once per worker
+    # torchrun's agent forwarded it, once per worker
+    assert "Sending process" in log and "closing signal SIGUSR1" in log
 
 
 @pytest.mark.slow
@@ -144,7 +148,7 @@ def test_torchrun_sh_runs_to_the_end(tiny: Path, tmp_path: Path) -> None:
 
 
 def _fake_slurm(tmp_path: Path) -> tuple[Path, Path]:
-    """``srun`` runs its command here as the single node's task; ``scontrol`` resolves hosts, logs requeues."""
+    """``srun`` runs its command here as the only node's task; ``scontrol`` resolves hosts, logs requeues."""
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     log = tmp_path / "scontrol.log"
@@ -162,7 +166,8 @@ def test_slurm_sbatch_requeues_after_usr1_and_the_next_attempt_resumes(tiny: Pat
     bin_dir, requeues = _fake_slurm(tmp_path)
     out = tmp_path / "out"
     env = {**base_env(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(REPO),
-           "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node1", "SLURM_GPUS_PER_NODE": "2",
+           "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node1",
+           "SLURM_GPUS_PER_NODE": "2",
            "MASTER_PORT": str(free_port()), "PYTHON": str(REPO / ".venv" / "bin" / "python")}
     if not Path(env["PYTHON"]).exists():
         env["PYTHON"] = "python3"

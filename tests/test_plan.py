@@ -18,8 +18,9 @@ from qa.plan import check_plan, describe_plan, estimate_memory, format_bytes
 
 ZERO2 = str(REPO / "configs" / "deepspeed" / "zero2.json")
 ZERO3 = str(REPO / "configs" / "deepspeed" / "zero3.json")
-ACCELERATE_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_CONFIG_DS_FIELDS",
-                  "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+ACCELERATE_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+                  "ACCELERATE_CONFIG_DS_FIELDS", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "WORLD_SIZE",
+                  "RANK", "LOCAL_RANK")
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +37,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _cfg(tiny: Path | None = None, *extra: str) -> TrainConfig:
     args = ["--train_file", str(DEMO_DATA / "train.json"), "--validation_file", str(DEMO_DATA / "dev.json"),
             "--max_seq_length", "256", "--doc_stride", "64", "--per_device_train_batch_size", "8",
-            "--num_train_epochs", "3", "--mixed_precision", "'no'", "--deepspeed", ZERO2, "--report_to", "none",
-            "--output_dir", "/nonexistent/never-created"]
+            "--num_train_epochs", "3", "--mixed_precision", "'no'", "--deepspeed", ZERO2,
+            "--report_to", "none", "--output_dir", "/nonexistent/never-created"]
     if tiny is not None:
         args += ["--model_name_or_path", str(tiny)]
     return load_config(args + list(extra))
@@ -157,7 +158,8 @@ def test_zero_memory_formula_mixed_precision(stage: int, n: int, gpu_coef: float
 def test_zero_memory_formula_fp32_and_offload() -> None:
     psi = 1000
     assert estimate_memory(psi, stage=0, world_size=4, mixed_precision_states=False).gpu_total == 16 * psi
-    assert estimate_memory(psi, stage=2, world_size=4, mixed_precision_states=False).gpu_total == 4 * psi + 12 * psi / 4
+    z2 = estimate_memory(psi, stage=2, world_size=4, mixed_precision_states=False)
+    assert z2.gpu_total == 4 * psi + 12 * psi / 4
     off = estimate_memory(psi, stage=3, world_size=4, mixed_precision_states=True, offload_optimizer=True,
                           offload_params=True)
     assert off.gpu_total == 2 * psi / 4 and off.host == 14 * psi / 4  # only the gradient shard stays
@@ -202,8 +204,8 @@ def test_zero3_export_needs_gathered_weights(tmp_path: Path, monkeypatch: pytest
                                           r"export .* set it to true"):
         check_plan(_cfg(None, "--deepspeed", no_gather), 2, cuda=False)
     with pytest.raises(ConfigError, match=r"export_every_checkpoint needs"):
-        check_plan(_cfg(None, "--deepspeed", no_gather, "--do_train", "false", "--export_every_checkpoint", "true"),
-                   2, cuda=False)
+        check_plan(_cfg(None, "--deepspeed", no_gather, "--do_train", "false",
+                        "--export_every_checkpoint", "true"), 2, cuda=False)
     check_plan(_cfg(None, "--deepspeed", no_gather, "--do_train", "false"), 2, cuda=False)  # eval only: fine
     auto = _json(tmp_path, ZERO3, zero_optimization__stage3_gather_16bit_weights_on_model_save="auto")
     with pytest.raises(ConfigError, match="stage3_gather_16bit_weights_on_model_save"):
@@ -227,8 +229,8 @@ def test_zero3_refuses_weights_only_resume_and_compile(flag: str, message: str) 
                                             r"process\(es\) set --gradient_accumulation_steps 2 or "
                                             r"--per_device_train_batch_size 16"),
     (8, ["--total_train_batch_size", "32"], r"set --per_device_train_batch_size 4$"),
-    (3, ["--total_train_batch_size", "64"], r"a world size of 3 cannot make 64 .* launch a number of processes "
-                                            r"that divides 64; .*8 processes would make it"),
+    (3, ["--total_train_batch_size", "64"], r"a world size of 3 cannot make 64 .* launch a number of "
+                                            r"processes that divides 64; .*8 processes would make it"),
 ])
 def test_total_batch_mismatch_says_which_setting_makes_it(world: int, extra: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=r"total_train_batch_size: .*" + message):
@@ -237,7 +239,8 @@ def test_total_batch_mismatch_says_which_setting_makes_it(world: int, extra: lis
 
 def test_total_batch_that_matches_passes() -> None:
     check_plan(_cfg(None, "--total_train_batch_size", "32"), 4, cuda=False)
-    check_plan(_cfg(None, "--total_train_batch_size", "32", "--gradient_accumulation_steps", "2"), 2, cuda=False)
+    check_plan(_cfg(None, "--total_train_batch_size", "32", "--gradient_accumulation_steps", "2"), 2,
+               cuda=False)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -272,13 +275,14 @@ def test_launcher_deepspeed_settings_must_agree(monkeypatch: pytest.MonkeyPatch)
                                           r"--deepspeed configs/deepspeed/zero3.json, or launch with "
                                           r"--deepspeed_config_file .*zero2.json"):
         check_plan(cfg, 2, cuda=False)
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "configs/deepspeed/zero2.json")  # same file, relative
+    # the same file, given relative to the launcher's directory
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "configs/deepspeed/zero2.json")
     check_plan(cfg, 2, cuda=False)
     monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", "deepspeed_config_file,zero3_init_flag,mixed_precision")
-    with pytest.raises(ConfigError, match=r"sets \['mixed_precision'\].* remove them from the accelerate YAML"):
+    with pytest.raises(ConfigError, match=r"sets \['mixed_precision'\].* remove them from the accelerate"):
         check_plan(cfg, 2, cuda=False)
     monkeypatch.delenv("ACCELERATE_CONFIG_DS_FIELDS")
-    with pytest.raises(ConfigError, match=r"launcher turned DeepSpeed on .* deepspeed: null,.* set --deepspeed"):
+    with pytest.raises(ConfigError, match=r"launcher turned DeepSpeed on .* deepspeed: null,.* --deepspeed"):
         check_plan(_cfg(None, "--deepspeed", "null"), 2, cuda=False)
 
 
