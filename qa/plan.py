@@ -424,13 +424,13 @@ class Schedule:
     epochs: int
 
     def epoch_ends(self) -> list[int]:
-        """Steps at which an epoch ends before the run does (epoch checkpoints and per-epoch evaluations).
-
-        The loop stops at the last step without finishing the epoch's bookkeeping, so the last epoch has none:
-        the final evaluation and export take its place.
-        """
+        """Steps at which an epoch runs to its end (a max_train_steps run may stop inside its last one)."""
         ends = (k * self.steps_per_epoch for k in range(1, self.epochs + 1))
-        return [s for s in ends if s < self.total_steps]
+        return [s for s in ends if s <= self.total_steps]
+
+    def epoch_evaluations(self) -> list[int]:
+        """Per-epoch evaluations: every epoch end but the last epoch's, which the final evaluation replaces."""
+        return [s for s in self.epoch_ends() if s // self.steps_per_epoch < self.epochs]
 
 
 def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) -> Schedule:
@@ -675,7 +675,7 @@ def _eval_line(cfg: TrainConfig, sched: Schedule | None) -> str:
                 if sched else "unknown"
             parts.append(f"every {cfg.eval_steps} steps (steps {steps})")
         elif cfg.eval_strategy == "epoch":
-            steps = _steps(sched.epoch_ends()) if sched else "unknown"
+            steps = _steps(sched.epoch_evaluations()) if sched else "unknown"
             parts.append(f"at the end of each epoch but the last (steps {steps})")
         parts.append("after training (final metrics)")
     else:
@@ -691,7 +691,7 @@ def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
         what = "no periodic checkpoints (checkpointing_steps: null)"
     elif c == "epoch":
         steps = _steps(sched.epoch_ends()) if sched else "unknown"
-        what = f"at the end of each epoch but the last (steps {steps})"
+        what = f"at the end of each epoch (steps {steps})"
     else:
         what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
     keep = "all kept" if cfg.save_total_limit is None else f"newest {cfg.save_total_limit} kept"

@@ -14,7 +14,7 @@ import pytest
 
 from fixtures import DEMO_DATA, REPO, base_env, launch, make_tiny_model
 from qa.config import ConfigError, TrainConfig, load_config
-from qa.plan import check_plan, describe_plan, estimate_memory, format_bytes
+from qa.plan import Schedule, check_plan, describe_plan, estimate_memory, format_bytes, training_schedule
 
 ZERO2 = str(REPO / "configs" / "deepspeed" / "zero2.json")
 ZERO3 = str(REPO / "configs" / "deepspeed" / "zero3.json")
@@ -127,6 +127,19 @@ def test_plan_without_the_dataset_or_model_config_says_unknown(tiny: Path) -> No
     cfg = _cfg(tiny, "--tokenizer_name", "no-such-org/no-such-tokenizer", "--do_eval", "false")
     train = _row(describe_plan(cfg, world_size=1, cuda=False), "train", "data")
     assert re.fullmatch(r".*train.json: 307 examples -> features unknown \(needs the tokenizer; \w+\)", train)
+
+
+def test_schedule_follows_the_training_loop() -> None:
+    # 100 features, 8 per device x 2 processes x 2 accumulation = 32 per step: 3 whole steps per epoch.
+    cfg = TrainConfig(per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=2.5)
+    sched = training_schedule(cfg, 100, 2)
+    assert (sched.steps_per_epoch, sched.total_steps, sched.epochs) == (3, 8, 3)
+    assert sched.epoch_ends() == [3, 6]  # the third epoch stops at step 8, inside it
+    full = Schedule(global_batch=32, steps_per_epoch=3, total_steps=9, epochs=3)
+    assert full.epoch_ends() == [3, 6, 9]  # an epoch checkpoint after the last epoch too
+    assert full.epoch_evaluations() == [3, 6]  # the final evaluation replaces the last epoch's
+    capped = training_schedule(TrainConfig(per_device_train_batch_size=8, max_train_steps=7), 100, 2)
+    assert (capped.steps_per_epoch, capped.total_steps, capped.epochs) == (6, 7, 2)
 
 
 def test_wandb_destination_and_mode(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
