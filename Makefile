@@ -8,6 +8,8 @@ export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia
 export DS_BUILD_OPS := 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed JIT-builds small CPU ops; a per-checkout cache keeps checkouts with other venvs from rebuilding them.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
 .PHONY: venv demo test test-fast lint bench clean
 

@@ -12,18 +12,19 @@ import sys
 from qa import loop
 from qa import run as steps
 from qa.config import PREEMPTED_EXIT_CODE, ConfigError, load_config
-from qa.plan import describe_plan
+from qa.plan import check_launch, describe_plan
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(argv)  # every key checked before any model or GPU work
+        check_launch(cfg)  # this launch can run this config (batch, precision, ZeRO)
+        if cfg.dry_run:
+            print(describe_plan(cfg) or "", end="")  # the resolved plan (rank 0), no weights loaded
+            return 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    if cfg.dry_run:
-        print(describe_plan(cfg))  # the resolved plan, no weights loaded
-        return 0
     run = steps.start(cfg)  # accelerator, S3 check, checkpoint to resume, tracker
     steps.prepare_data(run)  # examples -> cached features (main process first)
     steps.build_model(run)  # model, optimizer, schedule, loader through accelerate/DeepSpeed

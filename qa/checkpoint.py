@@ -210,8 +210,12 @@ class Checkpointer:
         world = self.accelerator.num_processes
         if self.cfg.resume_weights_only:
             # Model weights only: optimizer, schedule and data position start fresh; any world size works.
-            self.accelerator.load_state(str(path), load_module_only=True) if self._is_deepspeed() \
-                else self._load_model_only(path)
+            if self._is_deepspeed():
+                # Without the two flags ZeRO-3 silently keeps its initial weights.
+                self.accelerator.load_state(str(path), load_module_only=True, load_optimizer_states=False,
+                                            load_lr_scheduler_states=False)
+            else:
+                self._load_model_only(path)
             logger.info("loaded weights only from %s (saved on %d ranks, now %d)", path, saved.world_size, world)
             state.tracker_run_id = saved.tracker_run_id
             return state

@@ -760,3 +760,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def check_launch(cfg: TrainConfig) -> None:
+    """Start-up check of the real launch (world size from the launcher's environment); warnings are logged."""
+    import logging
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for warning in check_plan(cfg, world, torch.cuda.is_available()):
+        if _rank() == 0:
+            logging.getLogger(__name__).warning(warning)
