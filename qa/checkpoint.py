@@ -41,6 +41,7 @@ class TrainState:
     world_size: int = 1
     tracker_run_id: str | None = None
     train_time_s: float = 0.0
+    data_order: dict[str, Any] | None = None  # what the saved data position depends on (data_order_key)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -50,6 +51,14 @@ class TrainState:
         data = json.loads(path.read_text())
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def data_order_key(cfg: TrainConfig) -> dict[str, Any]:
+    return {"seed": cfg.seed, "per_device_train_batch_size": cfg.per_device_train_batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "group_by_length": cfg.group_by_length,
+            "max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride,
+            "max_train_samples": cfg.max_train_samples, "train_file": cfg.train_file,
+            "dataset_name": cfg.dataset_name}
 
 
 def step_name(step: int) -> str:
@@ -75,6 +84,7 @@ class Checkpointer:
         self.uploader = uploader
         self.run_prefix = cfg.resolved_run_name
         self.last_save_s: float | None = None
+        self.last_saved_step: int | None = None
 
     # -- S3 naming ----------------------------------------------------------------------------------------
     def s3_uri_for(self, rel: str) -> str | None:
@@ -216,6 +226,7 @@ class Checkpointer:
                                             load_lr_scheduler_states=False)
             else:
                 self._load_model_only(path)
+            self.accelerator.step = 0  # accumulation counting starts afresh with the new schedule
             logger.info("loaded weights only from %s (saved on %d ranks, now %d)", path, saved.world_size, world)
             state.tracker_run_id = saved.tracker_run_id
             return state
@@ -223,6 +234,12 @@ class Checkpointer:
             raise ConfigError(
                 f"checkpoint {path} was saved with world size {saved.world_size} but this run has {world}; "
                 "resume with the same number of processes, or set resume_weights_only: true")
+        # The saved data position only means something with the same data order and batch geometry.
+        now = data_order_key(self.cfg)
+        if saved.data_order and saved.data_order != now:
+            diff = {k: (saved.data_order.get(k), v) for k, v in now.items() if saved.data_order.get(k) != v}
+            raise ConfigError(f"checkpoint {path} was saved with a different data order or batch: {diff} "
+                              "(saved, now); restore those values, or set resume_weights_only: true")
         self.accelerator.load_state(str(path))
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, saved.global_step, saved.epoch,
                     saved.batches_in_epoch)
@@ -237,6 +254,10 @@ class Checkpointer:
         files = sorted(path.glob("model*.safetensors"))
         if not files:
             raise ConfigError(f"{path}: no model weights found")
-        model = self.accelerator.unwrap_model(self.accelerator._models[0])
+        model = self.accelerator.unwrap_model(self.accelerator._models[0], keep_torch_compile=False)
+        state: dict[str, Any] = {}
         for f in files:
-            model.load_state_dict(load_file(str(f)), strict=False)
+            # save_state stores the wrapped model's keys (DDP's "module.", torch.compile's "_orig_mod.").
+            for k, v in load_file(str(f)).items():
+                state[k.removeprefix("module.").replace("_orig_mod.", "")] = v
+        model.load_state_dict(state, strict=True)  # a silent partial load would look like a resume

@@ -244,6 +244,9 @@ def _check(cfg: TrainConfig, *, check_files: bool = True) -> None:
     if cfg.s3_sse_kms_key_id is not None:
         need(cfg.s3_sse == "aws:kms", "s3_sse_kms_key_id", "only applies with s3_sse: aws:kms")
     r = cfg.resume_from_checkpoint
+    if r is not None and not cfg.do_train:
+        raise ConfigError("resume_from_checkpoint: only for training; to evaluate a run, pass its exported model "
+                          "(model_name_or_path: OUTPUT_DIR/final) and resume_from_checkpoint: null")
     if check_files:
         for key in ("train_file", "validation_file", "deepspeed"):
             path = getattr(cfg, key)

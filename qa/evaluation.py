@@ -79,7 +79,8 @@ def check_coverage(seen: np.ndarray) -> None:
 
 def gather_eval_logits(accelerator: Any, model: torch.nn.Module, features: Any, *, input_names: Sequence[str],
                        collate_fn: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]], batch_size: int,
-                       seq_len: int, num_workers: int = 0) -> GatheredLogits | None:
+                       seq_len: int, num_workers: int = 0,
+                       generator: torch.Generator | None = None) -> GatheredLogits | None:
     """Run the model over this rank's shard; rank 0 returns [n_features, seq_len] logits, others None."""
     n = len(features)
     lengths = features["length"] if "length" in features.column_names else [seq_len] * n
@@ -87,6 +88,8 @@ def gather_eval_logits(accelerator: Any, model: torch.nn.Module, features: Any, 
     loader = torch.utils.data.DataLoader(
         IndexedFeatures(features, input_names), batch_sampler=batches, collate_fn=collate_fn,
         num_workers=num_workers, pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: evaluating must not advance the global RNG that exact resume restores.
+        generator=generator if generator is not None else torch.Generator(),
     )
     main = accelerator.is_main_process
     start = np.full((n, seq_len), LOGIT_PAD, dtype=np.float32) if main else None

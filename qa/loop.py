@@ -99,7 +99,8 @@ def train(run: Run) -> str:
     acc, cfg, st = run.accelerator, run.cfg, run.state
     model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
     meter = _Meter()
-    n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
+    # ds_numel: under ZeRO-3 a partitioned parameter's numel() is 0.
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in acc.unwrap_model(model).parameters())
     peak = device_peak_tflops()
     bar = tqdm(total=run.total_steps, initial=st.global_step, desc="train",
                disable=not acc.is_local_main_process)
@@ -123,8 +124,8 @@ def train(run: Run) -> str:
                 if acc.sync_gradients:
                     grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                if acc.sync_gradients:
-                    scheduler.step()
+                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                    scheduler.step()  # an fp16 overflow step must not eat warmup
                 optimizer.zero_grad(set_to_none=True)
             st.batches_in_epoch += 1
             meter.add(loss, batch)
@@ -236,8 +237,13 @@ def _preempt(run: Run, train_time: float) -> str:
     grace = run.cfg.preemption_grace_seconds
     logger.warning("preemption signal: checkpointing at step %d (%.0fs of grace left)", st.global_step,
                    run.preemption.remaining(grace))
-    save_checkpoint(run)
-    run.checkpointer.wait_uploads(max(1.0, run.preemption.remaining(grace)))
+    if run.checkpointer.last_saved_step != st.global_step:  # this step may already be saved
+        save_checkpoint(run)
+    try:
+        run.checkpointer.wait_uploads(max(1.0, run.preemption.remaining(grace)))
+    except Exception as e:  # noqa: BLE001 - the local checkpoint is complete; requeue must still happen
+        logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
+                     "is complete and auto-resume will use it", e)
     if run.accelerator.is_main_process:
         write_marker(run.cfg.output_dir, st.global_step)
     run.accelerator.wait_for_everyone()
@@ -246,33 +252,26 @@ def _preempt(run: Run, train_time: float) -> str:
 
 def evaluate(run: Run, *, tag: str = "eval") -> dict[str, float]:
     """Distributed forward, gather to rank 0, decode + score there; metrics returned on every rank."""
-    from qa import evaluate as qa_eval
-
-    acc, cfg, data = run.accelerator, run.cfg, run.data
+    acc, cfg = run.accelerator, run.cfg
     t0 = time.perf_counter()
-    gathered = gather_eval_logits(
-        acc, run.model, data.eval_features, input_names=run.eval_input_names, collate_fn=run.collator,
-        batch_size=cfg.per_device_eval_batch_size, seq_len=cfg.max_seq_length,
-        num_workers=0,
-    )
     payload: list[Any] = [None]
-    if gathered is not None:
-        outcome = qa_eval.decode_and_score(
-            data.eval_examples, data.eval_arrays, gathered.start_logits, gathered.end_logits,
-            n_best_size=cfg.n_best_size, max_answer_length=cfg.max_answer_length,
-            version_2_with_negative=cfg.version_2_with_negative,
-            null_score_diff_threshold=cfg.null_score_diff_threshold,
+    try:
+        # The coverage check runs on rank 0 after the last collective, so catching it here is safe.
+        gathered = gather_eval_logits(
+            acc, run.model, run.data.eval_features, input_names=run.eval_input_names, collate_fn=run.collator,
+            batch_size=cfg.per_device_eval_batch_size, seq_len=cfg.max_seq_length, num_workers=0,
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
-        qa_eval.write_eval_outputs(cfg.output_dir, outcome, version_2_with_negative=cfg.version_2_with_negative)
-        if cfg.save_logits:
-            qa_eval.save_eval_arrays(cfg.output_dir, data.eval_examples, data.eval_arrays,
-                                     gathered.start_logits, gathered.end_logits)
-        metrics = {f"{tag}/{k}": float(v) for k, v in outcome.metrics.items()}
-        for k, v in {**gathered.timings, **outcome.timings}.items():
-            metrics[f"{tag}/time_{k}"] = float(v)
-        metrics[f"{tag}/time_total_s"] = time.perf_counter() - t0
-        payload = [{"metrics": metrics, "table": _sample_table(run, outcome)}]
+        if gathered is not None:
+            payload = [_decode_score_write(run, gathered, tag, t0)]
+    except Exception as e:  # noqa: BLE001 - raised on every rank below, so none waits forever
+        if not acc.is_main_process:
+            raise
+        logger.exception("evaluation failed on rank 0")
+        payload = [{"error": f"{type(e).__name__}: {e}"}]
     payload = broadcast_object_list(payload, from_process=0)
+    if "error" in payload[0]:
+        raise RuntimeError(f"evaluation failed on rank 0: {payload[0]['error']}")
     metrics, table = payload[0]["metrics"], payload[0]["table"]
     run.tracker.log(metrics, step=run.state.global_step)
     if table:
@@ -282,6 +281,28 @@ def evaluate(run: Run, *, tag: str = "eval") -> dict[str, float]:
         run.state.best_f1 = f1
     run.model.train()
     return metrics
+
+
+def _decode_score_write(run: Run, gathered: Any, tag: str, t0: float) -> dict[str, Any]:
+    """Rank 0: decode, score, write outputs; returns what every rank gets."""
+    from qa import evaluate as qa_eval
+
+    cfg, data = run.cfg, run.data
+    outcome = qa_eval.decode_and_score(
+        data.eval_examples, data.eval_arrays, gathered.start_logits, gathered.end_logits,
+        n_best_size=cfg.n_best_size, max_answer_length=cfg.max_answer_length,
+        version_2_with_negative=cfg.version_2_with_negative,
+        null_score_diff_threshold=cfg.null_score_diff_threshold,
+    )
+    qa_eval.write_eval_outputs(cfg.output_dir, outcome, version_2_with_negative=cfg.version_2_with_negative)
+    if cfg.save_logits:
+        qa_eval.save_eval_arrays(cfg.output_dir, data.eval_examples, data.eval_arrays,
+                                 gathered.start_logits, gathered.end_logits)
+    metrics = {f"{tag}/{k}": float(v) for k, v in outcome.metrics.items()}
+    for k, v in {**gathered.timings, **outcome.timings}.items():
+        metrics[f"{tag}/time_{k}"] = float(v)
+    metrics[f"{tag}/time_total_s"] = time.perf_counter() - t0
+    return {"metrics": metrics, "table": _sample_table(run, outcome)}
 
 
 def _sample_table(run: Run, outcome: Any) -> tuple[list[str], list[list[Any]]] | None:

@@ -148,6 +148,10 @@ def _free_port() -> int:
 
 def load_tokenizer(cfg: TrainConfig) -> Any:
     tok = AutoTokenizer.from_pretrained(cfg.tokenizer_name or cfg.model_name_or_path, use_fast=True)
+    if getattr(tok, "padding_side", "right") != "right":
+        # Labels and offsets index the unpadded window; left padding would shift every one of them.
+        raise ConfigError(f"tokenizer_name: {cfg.tokenizer_name or cfg.model_name_or_path} pads on the left "
+                          "(context-first models); only right-padding tokenizers are supported")
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"tokenizer_name: {cfg.tokenizer_name or cfg.model_name_or_path} has no fast tokenizer; "
                           "offsets for answer spans need one")

@@ -20,6 +20,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DUPLICATE_WINDOW_S = 2.0
 MARKER = "PREEMPTED"  # written to output_dir so launch scripts can requeue even through torchrun's exit code
 
 
@@ -41,8 +42,11 @@ class PreemptionHandler:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_received is not None:
-            # The user (or the scheduler) insists: no checkpoint, leave now.
-            os._exit(128 + signum)
+            # One signal often arrives twice within moments (SLURM signals the whole step and torchrun
+            # forwards it again); only a later, deliberate second signal means "leave now, no checkpoint".
+            if time.monotonic() - (self.received_at or 0.0) > DUPLICATE_WINDOW_S:
+                os._exit(128 + signum)
+            return
         self.signal_received = signum
         self.received_at = time.monotonic()
         # Only async-signal-safe work here: the loop logs and checkpoints.

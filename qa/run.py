@@ -15,7 +15,7 @@ from accelerate.utils import set_seed
 from transformers import DataCollatorWithPadding
 
 from qa import data as qa_data
-from qa.checkpoint import Checkpointer, TrainState
+from qa.checkpoint import Checkpointer, TrainState, data_order_key
 from qa.config import TrainConfig, save_config
 from qa.loop import StepBatchSampler, export_model, total_steps
 from qa.modeling import (
@@ -94,7 +94,7 @@ def start(cfg: TrainConfig) -> Run:
     store, uploader = _storage(cfg, accelerator)
     checkpointer = Checkpointer(cfg, accelerator, store, uploader)
     resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
-    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes)
+    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes, data_order=data_order_key(cfg))
     if resume_path is not None:
         state.tracker_run_id = TrainState.from_file(resume_path / "trainer_state.json").tracker_run_id
     if accelerator.is_main_process:
@@ -239,6 +239,7 @@ def resume(run: Run) -> None:
         return
     run.state = run.checkpointer.load(run.resume_path, run.state)
     run.state.tracker_run_id = run.tracker.run_id
+    run.state.data_order = data_order_key(run.cfg)
 
 
 def export(run: Run) -> Path:
