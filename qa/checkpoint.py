@@ -37,6 +37,7 @@ class TrainState:
     tokens_seen: int = 0  # real (non-padding) tokens over all ranks
     skipped_steps: int = 0  # fp16 overflow steps
     best_f1: float | None = None
+    best_exact_match: float | None = None
     seed: int = 0
     world_size: int = 1
     tracker_run_id: str | None = None
@@ -240,9 +241,10 @@ class Checkpointer:
             diff = {k: (saved.data_order.get(k), v) for k, v in now.items() if saved.data_order.get(k) != v}
             raise ConfigError(f"checkpoint {path} was saved with a different data order or batch: {diff} "
                               "(saved, now); restore those values, or set resume_weights_only: true")
+        t0 = time.perf_counter()
         self.accelerator.load_state(str(path))
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, saved.global_step, saved.epoch,
-                    saved.batches_in_epoch)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d); state loaded in %.2fs", path,
+                    saved.global_step, saved.epoch, saved.batches_in_epoch, time.perf_counter() - t0)
         return saved
 
     def _is_deepspeed(self) -> bool:

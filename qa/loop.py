@@ -276,9 +276,12 @@ def evaluate(run: Run, *, tag: str = "eval") -> dict[str, float]:
     run.tracker.log(metrics, step=run.state.global_step)
     if table:
         run.tracker.log_table(f"{tag}/samples", columns=table[0], rows=table[1], step=run.state.global_step)
-    f1 = metrics.get(f"{tag}/f1")
-    if f1 is not None and (run.state.best_f1 is None or f1 > run.state.best_f1):
-        run.state.best_f1 = f1
+    # v1 reports exact_match/f1, v2 exact/f1.
+    f1, em = metrics.get(f"{tag}/f1"), metrics.get(f"{tag}/exact_match", metrics.get(f"{tag}/exact"))
+    if tag == "eval" and f1 is not None:
+        run.last_eval = {"final/f1": f1, "final/exact_match": em}
+        if run.state.best_f1 is None or f1 > run.state.best_f1:
+            run.state.best_f1, run.state.best_exact_match = f1, em
     run.model.train()
     return metrics
 

@@ -68,6 +68,7 @@ class Run:
     batches_per_epoch: int = 0
     total_steps: int = 0
     num_epochs: int = 0
+    last_eval: dict[str, Any] = field(default_factory=dict)
 
 
 def _setup_logging(is_main: bool) -> None:
@@ -255,7 +256,8 @@ def finish(run: Run, outcome: str) -> None:
     """Wait for uploads (bounded), write the summary, close the tracker."""
     st = run.state
     run.tracker.summary({
-        "best/f1": st.best_f1, "final/step": st.global_step, "train/total_time_s": st.train_time_s,
+        "best/f1": st.best_f1, "best/exact_match": st.best_exact_match, **run.last_eval,
+        "final/step": st.global_step, "train/total_time_s": st.train_time_s,
         "train/total_tokens": st.tokens_seen, "train/total_samples": st.samples_seen, "outcome": outcome,
     })
     error = None

@@ -301,6 +301,7 @@ class S3Store:
 
         ``progress`` receives byte counts as they are sent (from transfer threads).
         """
+        t0 = time.monotonic()
         root = Path(local_dir)
         if not root.is_dir():
             raise StorageError(f"not a directory: {root}")
@@ -334,7 +335,8 @@ class S3Store:
                 ChecksumAlgorithm="SHA256", **self._sse_args(),
             )
         total = sum(e["size"] for e in entries.values())
-        logger.info("uploaded %d files (%.1f MiB) to %s", len(entries), total / MiB, self.uri_for(key_prefix))
+        logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB,
+                    self.uri_for(key_prefix), time.monotonic() - t0)
         return manifest
 
     def _verify_remote(self, key: str, size: int, sha256_hex: str) -> None:
@@ -402,6 +404,7 @@ class S3Store:
         Files land in a temporary sibling directory that is renamed into place only when every
         file matched its manifest entry, so ``local_dir`` is either complete or absent.
         """
+        t0 = time.monotonic()
         dest = Path(local_dir)
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise StorageError(f"download target {dest} already exists and is not an empty directory")
@@ -431,7 +434,8 @@ class S3Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        logger.info("downloaded %d files from %s to %s", len(manifest["files"]), self.uri_for(key_prefix), dest)
+        logger.info("downloaded and verified %d files from %s to %s in %.1fs", len(manifest["files"]),
+                    self.uri_for(key_prefix), dest, time.monotonic() - t0)
         return manifest
 
     def delete_prefix(self, key_prefix: str) -> int:

@@ -58,7 +58,14 @@ def test_zero_runs_train_evaluate_and_export(work: dict[str, Path], stage: str, 
     launch(["--model_name_or_path", str(work[arch]), "--train_file", str(work["train"]),
             "--validation_file", str(work["dev"]), "--output_dir", str(out), "--deepspeed",
             f"configs/deepspeed/{stage}.json", "--per_device_train_batch_size", "4", "--max_train_steps", "6",
-            "--learning_rate", "1e-3", *COMMON], tmp=work["root"])
+            "--learning_rate", "1e-3", "--checkpointing_steps", "2", "--save_total_limit", "2",
+            "--export_every_checkpoint", "true", *COMMON], tmp=work["root"])
+    # the newest two checkpoints are kept, each complete and with an exported model beside the state
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step_0000004", "step_0000006"]
+    for name in ckpts:
+        assert (out / "checkpoints" / name / "COMPLETE").is_file()
+        _assert_exported_model_answers(out / "checkpoints" / name / "model")
     results = json.loads((out / "eval_results.json").read_text())
     assert set(results) >= {"exact_match", "f1"}
     preds = json.loads((out / "predictions.json").read_text())
