@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from qa import data as qa_data
@@ -107,6 +108,7 @@ def start(cfg: TrainConfig) -> Run:
         entity=cfg.wandb_entity, run_name=cfg.resolved_run_name, tags=cfg.wandb_tags,
         group=cfg.wandb_group or cfg.resolved_run_name, config=cfg.to_dict(),
         resume_run_id=state.tracker_run_id,
+        console=tqdm.write,  # lines land above the progress bars instead of glued to them
     )
     state.tracker_run_id = tracker.run_id
     return Run(cfg=cfg, accelerator=accelerator, tracker=tracker, checkpointer=checkpointer,

@@ -159,7 +159,7 @@ _MAX_TEXT_LEN = 40
 def _short_key(key: str) -> str:
     # Training metrics are the common case; dropping their prefix keeps the line short while
     # "eval/f1" stays distinguishable from a training metric.
-    short = key.removeprefix("train/")
+    short = key.removeprefix("train/").removeprefix("perf/")
     return _KEY_RENAMES.get(short, short)
 
 
