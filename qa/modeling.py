@@ -111,7 +111,7 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         for key, val in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, val)
         if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())
+            os.environ["MASTER_PORT"] = str(free_port())
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -138,7 +138,8 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
     return accelerator
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A currently free loopback TCP port (for a one-process rendezvous, demo and tests)."""
     import socket
 
     with socket.socket() as s:

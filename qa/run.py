@@ -27,7 +27,6 @@ from qa.modeling import (
     load_model,
     load_tokenizer,
     resolve_precision,
-    zero_stage,
 )
 from qa.preemption import PreemptionHandler, clear_marker
 
@@ -79,11 +78,13 @@ def _setup_logging(is_main: bool) -> None:
     import datasets
     import transformers
 
-    if not is_main:
+    if is_main:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:  # other ranks: errors only, and no progress bars
         datasets.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_warning() if is_main else datasets.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_warning() if is_main else transformers.utils.logging.set_verbosity_error()
-
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
 
 def start(cfg: TrainConfig) -> Run:
     """Accelerator, logging, seed, S3 check, checkpoint to resume from, tracker: all before data or model."""
@@ -190,11 +191,10 @@ def build_model(run: Run) -> None:
     run.collator = DataCollatorWithPadding(run.tokenizer, pad_to_multiple_of=8)
     run.eval_input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted
                             and (run.data.eval_features is None or k in run.data.eval_features.column_names)]
-    ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=run.precision)
     if not cfg.do_train:
         # Inference needs no optimizer sharding: below ZeRO-3 each rank holds the plain model; under ZeRO-3
         # DeepSpeed partitions the weights (its engine runs without an optimizer).
-        if zero_stage(ds_config) >= 3:
+        if acc.state.deepspeed_plugin is not None and acc.state.deepspeed_plugin.zero_stage >= 3:
             run.model = acc.prepare(model)
         else:
             run.model = model.to(acc.device)

