@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding
 from qa import data as qa_data
 from qa.checkpoint import Checkpointer, TrainState, data_order_key
 from qa.config import TrainConfig, save_config
-from qa.loop import StepBatchSampler, export_model, total_steps
+from qa.loop import export_model, total_steps
 from qa.modeling import (
     build_accelerator,
     build_optimizer,
@@ -29,6 +29,7 @@ from qa.modeling import (
     resolve_precision,
 )
 from qa.preemption import PreemptionHandler, clear_marker
+from qa.sampling import StepBatchSampler
 
 if TYPE_CHECKING:
     from qa.evaluate import EvalExamples, EvalFeatures

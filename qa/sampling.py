@@ -306,6 +306,46 @@ class EpochBatchSampler(Sampler[list[int]]):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
+class StepBatchSampler(Sampler[list[int]]):
+    """Micro-batches cut from optimizer-step batches of ``micro * world * accumulation`` features.
+
+    A step's features are the same whatever the world size and accumulation split (1 rank x 4 ==
+    2 ranks x 2 == 1 rank x 2 x accumulation 2), so runs on different world sizes see identical data per
+    step. Chunk j of a step goes to rank j % world at accumulation micro-step j // world, which is how
+    Accelerate's BatchSamplerShard deals global batches round-robin. Partial step batches are dropped
+    (drop_last) so every rank runs whole accumulation cycles and DeepSpeed's boundary counter never
+    disagrees with Accelerate's.
+    """
+
+    def __init__(self, lengths: np.ndarray, micro: int, world: int, accumulation: int, *, seed: int,
+                 group_by_length: bool) -> None:
+        self.inner = EpochBatchSampler(lengths, micro * world * accumulation, group_by_length=group_by_length,
+                                       seed=seed, drop_last=True)
+        self.batch_size = micro
+        self.drop_last = True
+        self.micro = micro
+
+    @property
+    def sampler(self) -> StepBatchSampler:
+        return self  # Accelerate propagates set_epoch through ``.sampler``
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        out = []
+        for step in self.inner.batches():
+            out.extend(step[i: i + self.micro] for i in range(0, len(step), self.micro))
+        return iter(out)
+
+    def __len__(self) -> int:
+        return len(self.inner) * (self.inner.batch_size // self.micro)
+
+
 def padding_invariant_qa_loss(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,

@@ -450,3 +450,25 @@ def test_padding_to_batch_max_matches_padding_to_384() -> None:
     # HF's built-in QA loss softmaxes over pad positions too, so it DOES depend on the padded length;
     # this is why padding_invariant_qa_loss exists. If transformers ever masks pads, revisit the docs.
     assert abs(out_s.loss.item() - out_f.loss.item()) > 1e-2
+
+
+def test_step_batches_are_the_same_whatever_the_world_size_and_accumulation_split() -> None:
+    """1 rank x 4 == 2 ranks x 2 == 1 rank x 2 x accumulation 2: each optimizer step sees the same features."""
+    from qa.sampling import StepBatchSampler
+
+    lengths = synthetic_squad_lengths(203, seed=3)
+
+    def steps(micro: int, world: int, accum: int, epoch: int) -> list[list[int]]:
+        sampler = StepBatchSampler(lengths, micro, world, accum, seed=7, group_by_length=True)
+        sampler.set_epoch(epoch)
+        micro_batches = list(sampler)
+        assert len(micro_batches) == len(sampler) and all(len(b) == micro for b in micro_batches)
+        per_step = world * accum
+        return [sorted(i for b in micro_batches[k: k + per_step] for i in b)
+                for k in range(0, len(micro_batches), per_step)]
+
+    for epoch in (0, 1):
+        ref = steps(4, 1, 1, epoch)
+        assert steps(2, 2, 1, epoch) == ref and steps(2, 1, 2, epoch) == ref
+        assert len(ref) == 203 // 4  # the partial step is dropped
+    assert steps(4, 1, 1, 0) != steps(4, 1, 1, 1)
