@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,19 @@ import pytest
 from fixtures import DEMO_DATA, REPO, base_env, free_port, make_tiny_model, subset_squad
 
 pytestmark = pytest.mark.slow
+
+
+def _wait_until_listening(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"node 0 exited early ({proc.returncode}):\n{proc.communicate()[0][-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("node 0 never opened the rendezvous port")
+        time.sleep(0.1)  # polling a condition with a deadline
 
 
 def test_two_nodes_train_evaluate_once_and_write_one_set_of_outputs(tmp_path: Path) -> None:
@@ -34,7 +49,16 @@ def test_two_nodes_train_evaluate_once_and_write_one_set_of_outputs(tmp_path: Pa
                "--deepspeed", "configs/deepspeed/zero2.json"]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+        if rank == 0:
+            # Both "nodes" are 127.0.0.1, so node 1's agent would also try to host the rendezvous store if it
+            # came first; start it once node 0 listens on the port, as a real second node joins later.
+            _wait_until_listening(port, procs[0])
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:  # one node failing must not leave the other waiting for its peer
+            if p.poll() is None:
+                p.kill()
     for p, text in zip(procs, outputs, strict=True):
         assert p.returncode == 0, text[-4000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
