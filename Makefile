@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 demo: venv
-	$(PY) -m qa.demo
+	$(PY) tools/demo.py
 
 test: venv
 	$(VENV)/bin/ruff check .

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from qa import loop
-from qa import run as steps
-from qa.config import PREEMPTED_EXIT_CODE, ConfigError, load_config
-from qa.plan import check_launch, describe_plan
+from qa.config import load_config
+from qa.errors import EXIT_PREEMPTED, ConfigError
+from qa.preflight.checks import check_launch
+from qa.preflight.report import describe_plan
+from qa.trainer import evaluation, loop
+from qa.trainer import setup as steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     steps.build_model(run)  # model, optimizer, schedule, loader through accelerate/DeepSpeed
     steps.resume(run)  # model/optimizer/scheduler/RNG/data position, if resuming
     if cfg.do_eval and cfg.eval_before_training:
-        loop.evaluate(run, tag="eval_before")  # the baseline the fine-tuning must beat
+        evaluation.evaluate(run, tag="eval_before")  # the baseline the fine-tuning must beat
     outcome = loop.train(run) if cfg.do_train else loop.COMPLETED
     if outcome == loop.PREEMPTED:
         steps.finish(run, outcome)  # upload finished within the grace period
-        return PREEMPTED_EXIT_CODE  # launch/ scripts requeue on this code
+        return EXIT_PREEMPTED  # launch/ scripts requeue on this code
     if cfg.do_eval:
-        loop.evaluate(run, tag="eval")  # gather logits, decode and score on rank 0
+        evaluation.evaluate(run, tag="eval")  # gather logits, decode and score on rank 0
     if cfg.do_train:
         steps.export(run)  # save_pretrained + tokenizer to output_dir/final (and S3)
     steps.finish(run, outcome)  # wait for uploads, summary, close tracker

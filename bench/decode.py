@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qa import metrics as qa_metrics  # noqa: E402
-from qa.decode import decode, pack_offsets  # noqa: E402
+from qa.eval import squad_metrics as qa_metrics  # noqa: E402
+from qa.eval.decode import decode, pack_offsets  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 EXPECTED_FEATURES = 10_822
@@ -75,7 +75,7 @@ def build_features(tokenizer: Any, ids: list[str], questions: list[str], context
                    ) -> tuple[list[list[Any]], list[int], list[int], str]:
     """(offset rows, example index, cls index, how): via qa.data when present, else the tokenizer directly."""
     try:
-        from qa.data import prepare_eval_features
+        from qa.data.features import prepare_eval_features
     except ImportError:
         prepare_eval_features = None
     how = "tokenizer (qa.data not available)"

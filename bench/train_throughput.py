@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _load(name: str) -> ModuleType:
     # Loaded by file path rather than ``import qa.<name>`` so that whatever qa/__init__.py imports
     # (accelerate, deepspeed, ...) is not needed on a bare GPU box; these modules need only torch + numpy.
-    spec = importlib.util.spec_from_file_location(f"qa_{name}_bench", REPO / "qa" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"qa_{name.replace('/', '_')}_bench", REPO / "qa" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
@@ -50,8 +50,9 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-sampling = _load("sampling")
-perf = _load("perf")
+sampling = _load("data/sampler")
+qa_loss = _load("model/loss")
+perf = _load("trainer/perf")
 gpu_peak_tflops, model_shape, train_flops = perf.gpu_peak_tflops, perf.model_shape, perf.train_flops
 
 PAD_MULTIPLE = 8
@@ -280,7 +281,7 @@ def run(
         start, end = inputs.pop("start_positions"), inputs.pop("end_positions")
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = step_model(**inputs)
-            loss = sampling.padding_invariant_qa_loss(
+            loss = qa_loss.padding_invariant_qa_loss(
                 out.start_logits, out.end_logits, inputs["attention_mask"], start, end
             )
         if scaler is not None:

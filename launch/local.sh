@@ -35,7 +35,7 @@ esac
 # output_dir, DeepSpeed JSON and accelerate config, resolved by the same config loader train.py uses; a bad
 # config fails here with train.py's message (exit 2).
 OUTPUT_DIR="" DS_JSON="" ACC_CONFIG=""
-info=$("$PYTHON" -m qa.plan launch-info "$NPROC" "$GPU" --config "$CONFIG" "$@")
+info=$("$PYTHON" -m qa.preflight launch-info "$NPROC" "$GPU" --config "$CONFIG" "$@")
 while IFS='=' read -r key value; do
   case $key in
     output_dir) OUTPUT_DIR=$value ;;

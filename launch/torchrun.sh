@@ -24,7 +24,7 @@ shift 2
 NNODES=${NNODES:-1}
 
 OUTPUT_DIR=""
-info=$("$PYTHON" -m qa.plan launch-info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@")
+info=$("$PYTHON" -m qa.preflight launch-info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@")
 while IFS='=' read -r key value; do
   if [[ $key == output_dir ]]; then OUTPUT_DIR=$value; fi
 done <<<"$info"

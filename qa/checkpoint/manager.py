@@ -1,0 +1,224 @@
+"""Checkpoints: save (all ranks), mark complete, rotate, upload (rank 0, background), resume.
+
+Layout: ``output_dir/checkpoints/step_NNNNNNN/`` holds Accelerate/DeepSpeed state, ``trainer_state.json``
+(counters, data-order seed, world size, tracker run id), ``config.yaml`` and, written last, ``COMPLETE``.
+In S3 the same files live under ``<s3_uri>/<run_name>/checkpoints/step_NNNNNNN/`` and a checkpoint exists
+for readers only once its ``manifest.json`` is there (see qa.checkpoint.s3).
+Multi-node runs need ``output_dir`` on a filesystem all nodes share: DeepSpeed writes each rank's shards
+locally and rank 0 uploads the directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import broadcast_object_list
+
+from qa.checkpoint.state import (
+    COMPLETE,
+    STATE_FILE,
+    TrainState,
+    complete_checkpoints,
+    data_order_key,
+    step_name,
+)
+from qa.config import TrainConfig, save_config
+from qa.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+
+class Checkpointer:
+    """Owns the local checkpoint directory and, on rank 0, the S3 store and its background uploader."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any, store: Any | None = None,
+                 uploader: Any | None = None) -> None:
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.root = Path(cfg.output_dir) / "checkpoints"
+        self.store = store
+        self.uploader = uploader
+        self.run_prefix = cfg.resolved_run_name
+        self.last_save_s: float | None = None
+        self.last_saved_step: int | None = None
+
+    # -- S3 naming ----------------------------------------------------------------------------------------
+    def s3_uri_for(self, rel: str) -> str | None:
+        if self.cfg.s3_uri is None:
+            return None
+        return f"{self.cfg.s3_uri.rstrip('/')}/{self.run_prefix}/{rel}"
+
+    # -- save -----------------------------------------------------------------------------------------------
+    def save(self, state: TrainState, *, export: Any | None = None) -> Path:
+        """Collective: every rank calls it. Returns the checkpoint directory."""
+        t0 = time.perf_counter()
+        acc = self.accelerator
+        path = self.root / step_name(state.global_step)
+        if acc.is_main_process and path.exists():
+            # A crash mid-save left a partial directory for this step; never mix old and new shards.
+            shutil.rmtree(path)
+        acc.wait_for_everyone()
+        acc.save_state(str(path))
+        if export is not None:
+            export(path / "model")
+        if acc.is_main_process:
+            (path / STATE_FILE).write_text(state.to_json())
+            save_config(self.cfg, path / "config.yaml")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (path / COMPLETE).write_text(f"{state.global_step}\n")
+            self._rotate()
+            if self.uploader is not None:
+                self.uploader.submit(str(path), f"{self.run_prefix}/checkpoints/{path.name}",
+                                     metadata={"global_step": state.global_step, "epoch": state.epoch})
+        acc.wait_for_everyone()
+        self.last_save_s = time.perf_counter() - t0
+        logger.info("checkpoint %s saved in %.2fs", path, self.last_save_s)
+        return path
+
+    def _rotate(self) -> None:
+        limit = self.cfg.save_total_limit
+        if limit is None:
+            return
+        done = complete_checkpoints(self.root)
+        newest = done[-1] if done else None
+        # A checkpoint still waiting for its upload is kept: deleting it would lose it in S3 too.
+        uploading = set(self.uploader.pending()) if self.uploader is not None else set()
+        for old in done[:-limit]:
+            if self.s3_uri_for(f"checkpoints/{old.name}") in uploading:
+                continue
+            shutil.rmtree(old, ignore_errors=True)
+        # Partial directories older than the newest complete one are crash leftovers.
+        for p in self.root.glob("step_*"):
+            if newest is not None and p.name < newest.name and not (p / COMPLETE).exists():
+                shutil.rmtree(p, ignore_errors=True)
+
+    def upload_final(self, final_dir: Path) -> None:
+        if self.uploader is not None and self.accelerator.is_main_process:
+            self.uploader.submit(str(final_dir), f"{self.run_prefix}/final")
+
+    def wait_uploads(self, timeout_s: float) -> None:
+        if self.uploader is not None and self.accelerator.is_main_process:
+            self.uploader.wait(timeout_s)
+
+    # -- resume ---------------------------------------------------------------------------------------------
+    def resolve(self, spec: str | None) -> Path | None:
+        """Find (and fetch from S3 if needed) the checkpoint to resume from. Collective; same answer on all ranks."""
+        if spec is None:
+            return None
+        result: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                found = self._resolve_main(spec)
+                result = [str(found) if found is not None else None]
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+                result = [f"ERROR: {e}"]
+        result = broadcast_object_list(result, from_process=0)
+        value = result[0]
+        if isinstance(value, str) and value.startswith("ERROR: "):
+            raise ConfigError(f"resume_from_checkpoint: {value[7:]}")
+        return Path(value) if value is not None else None
+
+    def _resolve_main(self, spec: str) -> Path | None:
+        if spec == "auto":
+            local = complete_checkpoints(self.root)
+            if local:
+                return local[-1]
+            if self.store is None:
+                logger.info("resume_from_checkpoint=auto: no complete checkpoint yet; starting fresh")
+                return None
+            return self._fetch_newest_from_s3()
+        if spec.startswith("s3://"):
+            return self._fetch_uri(spec)
+        p = Path(spec)
+        if not (p / COMPLETE).is_file():
+            raise ConfigError(f"{p} is not a complete checkpoint (no {COMPLETE} marker)")
+        return p
+
+    def _fetch_newest_from_s3(self) -> Path | None:
+        from qa.checkpoint.s3 import StorageError
+
+        prefix = f"{self.run_prefix}/checkpoints"
+        names = self.store.list_complete(prefix)
+        # Newest first; a corrupted object makes us fall back to the previous checkpoint.
+        for name in sorted(names, reverse=True):
+            dest = self.root / name
+            shutil.rmtree(dest, ignore_errors=True)  # an incomplete local copy is never trusted
+            try:
+                self.store.download_dir(f"{prefix}/{name}", str(dest))
+            except StorageError as e:
+                logger.error("refusing checkpoint %s: %s; trying the previous one", name, e)
+                shutil.rmtree(dest, ignore_errors=True)
+                continue
+            if not (dest / COMPLETE).is_file():
+                logger.error("checkpoint %s from S3 has no %s marker; trying the previous one", name, COMPLETE)
+                continue
+            logger.info("resuming from %s (downloaded from S3)", self.s3_uri_for(f"checkpoints/{name}"))
+            return dest
+        logger.info("resume_from_checkpoint=auto: nothing local or in S3; starting fresh")
+        return None
+
+    def _fetch_uri(self, uri: str) -> Path:
+        from qa.checkpoint.s3 import S3Store
+
+        bucket_uri, _, name = uri.rstrip("/").rpartition("/")
+        store = S3Store(bucket_uri)
+        dest = self.root / name
+        shutil.rmtree(dest, ignore_errors=True)
+        store.download_dir(name, str(dest))
+        if not (dest / COMPLETE).is_file():
+            raise ConfigError(f"{uri} has no {COMPLETE} marker")
+        return dest
+
+    def load(self, path: Path, state: TrainState) -> TrainState:
+        """Collective: restore Accelerate/DeepSpeed state and return the saved counters."""
+        saved = TrainState.from_file(path / STATE_FILE)
+        world = self.accelerator.num_processes
+        if self.cfg.resume_weights_only:
+            # Model weights only: optimizer, schedule and data position start fresh; any world size works.
+            if self._is_deepspeed():
+                # Without the two flags ZeRO-3 silently keeps its initial weights.
+                self.accelerator.load_state(str(path), load_module_only=True, load_optimizer_states=False,
+                                            load_lr_scheduler_states=False)
+            else:
+                self._load_model_only(path)
+            self.accelerator.step = 0  # accumulation counting starts afresh with the new schedule
+            logger.info("loaded weights only from %s (saved on %d ranks, now %d)", path, saved.world_size, world)
+            state.tracker_run_id = saved.tracker_run_id
+            return state
+        if saved.world_size != world:
+            raise ConfigError(
+                f"checkpoint {path} was saved with world size {saved.world_size} but this run has {world}; "
+                "resume with the same number of processes, or set resume_weights_only: true")
+        # The saved data position only means something with the same data order and batch geometry.
+        now = data_order_key(self.cfg)
+        if saved.data_order and saved.data_order != now:
+            diff = {k: (saved.data_order.get(k), v) for k, v in now.items() if saved.data_order.get(k) != v}
+            raise ConfigError(f"checkpoint {path} was saved with a different data order or batch: {diff} "
+                              "(saved, now); restore those values, or set resume_weights_only: true")
+        t0 = time.perf_counter()
+        self.accelerator.load_state(str(path))
+        logger.info("resumed from %s at step %d (epoch %d, batch %d); state loaded in %.2fs", path,
+                    saved.global_step, saved.epoch, saved.batches_in_epoch, time.perf_counter() - t0)
+        return saved
+
+    def _is_deepspeed(self) -> bool:
+        return getattr(self.accelerator.state, "deepspeed_plugin", None) is not None
+
+    def _load_model_only(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted(path.glob("model*.safetensors"))
+        if not files:
+            raise ConfigError(f"{path}: no model weights found")
+        model = self.accelerator.unwrap_model(self.accelerator._models[0], keep_torch_compile=False)
+        state: dict[str, Any] = {}
+        for f in files:
+            # save_state stores the wrapped model's keys (DDP's "module.", torch.compile's "_orig_mod.").
+            for k, v in load_file(str(f)).items():
+                state[k.removeprefix("module.").replace("_orig_mod.", "")] = v
+        model.load_state_dict(state, strict=True)  # a silent partial load would look like a resume

@@ -1,0 +1,458 @@
+"""Checkpoint storage on S3 (AWS or any S3-compatible server such as SeaweedFS / MinIO).
+
+This is the only module that imports boto3/botocore. Endpoint, region and credentials come from
+the standard boto3 chain: AWS_* environment variables (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 are
+honoured natively by boto3 >= 1.28), shared config/credentials files, instance/IRSA roles.
+
+Layout: a directory uploaded to ``<prefix>/<key_prefix>/`` is only considered to exist once
+``<prefix>/<key_prefix>/manifest.json`` is there. The manifest is written last, after every
+file was uploaded and verified, so a crash or outage mid-upload leaves no half checkpoint that a
+reader could pick up.
+
+Integrity (works against both AWS S3 and SeaweedFS, verified against ``weed mini`` 4.x):
+  * every PUT / UploadPart carries an ``x-amz-checksum-sha256`` of its body
+    (``ChecksumAlgorithm="SHA256"``); the server recomputes it and rejects a mismatch with
+    BadDigest, so bytes corrupted in transit never land.
+  * the whole-file SHA-256 is stored as user metadata ``x-amz-meta-sha256`` and in the manifest.
+    S3's own SHA-256 of a multipart object is COMPOSITE (a hash of the part hashes, "...-N"), on
+    AWS and SeaweedFS alike, so it cannot be compared with a plain file digest; AWS offers
+    full-object checksums only for the CRC family. After the upload, HEAD checks size and that
+    metadata, and for single-part objects also the server-computed full-object SHA-256.
+  * readers trust nothing but the manifest: every downloaded file is re-hashed and compared."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import boto3
+import boto3.exceptions
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+MiB = 1024 * 1024
+
+_SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+_CREDENTIAL_ERRORS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+}
+# S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
+
+
+class StorageError(RuntimeError):
+    """An S3 operation failed; the message is safe to log (it never contains credentials)."""
+
+
+class CorruptObjectError(StorageError):
+    """An object's size or SHA-256 does not match what was uploaded."""
+
+
+class UploadError(StorageError):
+    """Background uploads did not all reach S3; ``missing`` lists their s3:// URIs."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix may be "")."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise ValueError(f"not an S3 URI (expected s3://bucket/prefix): {uri!r}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI has no bucket name: {uri!r}")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"invalid S3 bucket name {bucket!r} in {uri!r}: use 3-63 lowercase letters, digits, '.' or '-'"
+        )
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError(f"S3 prefix must not contain empty, '.' or '..' segments: {uri!r}")
+    return bucket, prefix
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+class S3Store:
+    """Uploads, verifies, lists and downloads directory trees under one ``s3://bucket/prefix``.
+
+    ``key_prefix`` arguments are relative to the store's prefix. Thread-safe (boto3 clients are).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        create_bucket: bool = False,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        multipart_threshold: int = 64 * MiB,
+        multipart_chunksize: int = 64 * MiB,
+        max_concurrency: int = 8,
+        retry_attempts: int = 5,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 120.0,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+    ) -> None:
+        """Normally leave credentials None (standard chain); explicit keys exist for local servers."""
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        if sse is not None and sse not in _SSE_MODES:
+            raise ValueError(f"sse must be one of {_SSE_MODES} or None, got {sse!r}")
+        if sse_kms_key_id is not None and not (sse or "").startswith("aws:kms"):
+            raise ValueError("sse_kms_key_id only applies with sse='aws:kms'")
+        self.sse = sse
+        self.sse_kms_key_id = sse_kms_key_id
+        self.create_bucket = create_bucket
+        self.transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=max_concurrency,
+            use_threads=True,
+        )
+        # A private session: boto3's default session is not safe to create clients from
+        # concurrently, and we run uploads from a background thread.
+        self._session = boto3.session.Session(
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            region_name=region,
+        )
+        config = Config(
+            retries={"mode": "standard", "max_attempts": retry_attempts},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            max_pool_connections=max(10, max_concurrency + 2),
+        )
+        self.client = self._session.client("s3", endpoint_url=endpoint_url, config=config)
+        if not self._is_aws(self.client.meta.endpoint_url):
+            # S3-compatible servers generally do not do virtual-host buckets (bucket.localhost).
+            config = config.merge(Config(s3={"addressing_style": "path"}))
+            self.client = self._session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.endpoint_url: str = self.client.meta.endpoint_url
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_aws(endpoint: str) -> bool:
+        host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+    @property
+    def uri(self) -> str:
+        return self.uri_for("")
+
+    def uri_for(self, key_prefix: str) -> str:
+        """The s3:// URI of ``key_prefix`` (relative to this store's prefix)."""
+        return f"s3://{self.bucket}/{self._key(key_prefix)}".rstrip("/")
+
+    def _key(self, *parts: str) -> str:
+        return _join(self.prefix, *parts)
+
+    def _sse_args(self) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+        if self.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.sse_kms_key_id
+        return args
+
+    def upload_extra_args(self, sha256_hex: str) -> dict[str, Any]:
+        """ExtraArgs passed to boto3's managed upload for each file (exposed for tests)."""
+        return {**self._sse_args(), "ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256_hex}}
+
+    def _redact(self, text: str) -> str:
+        # Belt and braces: our messages are built from error codes, never from the client config,
+        # but a server could echo anything back, so scrub whatever secret we hold.
+        creds = self._session.get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            for secret in (frozen.secret_key, frozen.token):
+                if secret:
+                    text = text.replace(secret, "***")
+        return text
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn boto exceptions into StorageError (so callers never need botocore)."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except _BOTO_ERRORS as e:
+            raise StorageError(self._redact(f"{what} failed: {e}")) from e
+
+    # -- start-up validation -----------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail fast with an actionable message if the bucket is unusable (call at start-up)."""
+        where = f"bucket {self.bucket!r} at endpoint {self.endpoint_url}"
+        try:
+            # ListObjectsV2 rather than HeadBucket: HEAD answers carry no body, so a 403 would not
+            # tell a bad key from a bad signature or a missing permission.
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+        except botocore.exceptions.NoCredentialsError as e:
+            raise StorageError(
+                f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE or an instance role"
+            ) from e
+        except botocore.exceptions.ClientError as e:
+            code = _error_code(e)
+            message = e.response.get("Error", {}).get("Message", "")
+            if code in _CREDENTIAL_ERRORS:
+                raise StorageError(self._redact(
+                    f"S3 credentials were rejected for {where}: {code}: {message} "
+                    "(check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS profile)"
+                )) from e
+            if code != "NoSuchBucket":
+                raise StorageError(self._redact(f"cannot list s3://{self.bucket}/{self.prefix} ({where}): "
+                                                f"{code}: {message}")) from e
+            if not self.create_bucket:
+                raise StorageError(
+                    f"S3 {where} does not exist: create it, or set s3_create_bucket: true"
+                ) from e
+            self._create_bucket()
+        except _BOTO_ERRORS as e:
+            raise StorageError(self._redact(f"cannot reach S3 {where}: {e}")) from e
+        self._probe_write()
+
+    def _create_bucket(self) -> None:
+        # No ACL argument on purpose: new buckets stay private (and AWS blocks public access).
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        region = self.client.meta.region_name
+        if self._is_aws(self.endpoint_url) and region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**kwargs)
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) != "BucketAlreadyOwnedByYou":
+                raise StorageError(self._redact(f"cannot create bucket {self.bucket!r}: {e}")) from e
+        logger.info("created S3 bucket %s at %s", self.bucket, self.endpoint_url)
+
+    def _probe_write(self) -> None:
+        # Listing proves read access only; a write probe (with the SSE settings, which also checks
+        # KMS key access) catches read-only credentials before hours of training.
+        key = self._key(f".write-probe-{uuid.uuid4().hex}")
+        with self._errors(f"write probe s3://{self.bucket}/{key} (is write access granted?)"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", **self._sse_args())
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    # -- upload ------------------------------------------------------------------------------
+
+    def upload_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        key_prefix: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Upload and verify every file of ``local_dir``, then write the manifest; returns it.
+
+        ``progress`` receives byte counts as they are sent (from transfer threads).
+        """
+        t0 = time.monotonic()
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise StorageError(f"not a directory: {root}")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_NAME)
+        entries: dict[str, dict[str, Any]] = {}
+        for path in files:
+            rel = path.relative_to(root).as_posix()
+            size, digest = _hash_file(path)
+            key = self._key(key_prefix, rel)
+            with self._errors(f"upload of {path} to s3://{self.bucket}/{key}"):
+                self.client.upload_file(
+                    str(path), self.bucket, key,
+                    ExtraArgs=self.upload_extra_args(digest), Config=self.transfer_config, Callback=progress,
+                )
+                self._verify_remote(key, size, digest)
+            entries[rel] = {"size": size, "sha256": digest}
+
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(),
+            "files": entries,
+            "metadata": dict(metadata or {}),
+        }
+        body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        if self._redact(body.decode()) != body.decode():
+            raise StorageError("refusing to write a manifest that contains the S3 secret key (check metadata)")
+        key = self._key(key_prefix, MANIFEST_NAME)
+        with self._errors(f"upload of s3://{self.bucket}/{key}"):
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                ChecksumAlgorithm="SHA256", **self._sse_args(),
+            )
+        total = sum(e["size"] for e in entries.values())
+        logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB,
+                    self.uri_for(key_prefix), time.monotonic() - t0)
+        return manifest
+
+    def _verify_remote(self, key: str, size: int, sha256_hex: str) -> None:
+        head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        remote_size = head.get("ContentLength")
+        remote_sha = head.get("Metadata", {}).get("sha256")
+        checksum = head.get("ChecksumSHA256")
+        if checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT" and "-" not in checksum:
+            # Single-part upload: the server hashed the whole object itself, compare that too.
+            server_hex = base64.b64decode(checksum).hex()
+            if server_hex != sha256_hex:
+                remote_sha = f"{server_hex} (server checksum)"
+        if remote_size != size or remote_sha != sha256_hex:
+            raise CorruptObjectError(
+                f"s3://{self.bucket}/{key} does not match after upload: expected size {size} sha256 "
+                f"{sha256_hex}, got size {remote_size} sha256 {remote_sha}"
+            )
+
+    # -- read side ---------------------------------------------------------------------------
+
+    def read_manifest(self, key_prefix: str) -> dict[str, Any]:
+        """The manifest of a complete upload; StorageError if there is none."""
+        key = self._key(key_prefix, MANIFEST_NAME)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                raise StorageError(f"no complete upload at {self.uri_for(key_prefix)} (no {MANIFEST_NAME})") from e
+            raise StorageError(self._redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
+        except _BOTO_ERRORS as e:
+            raise StorageError(self._redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise CorruptObjectError(f"s3://{self.bucket}/{key} is not a valid manifest")
+        return manifest
+
+    def list_complete(self, key_prefix: str = "") -> list[str]:
+        """Sorted names of the direct sub-prefixes of ``key_prefix`` that have a manifest."""
+        base = self._key(key_prefix)
+        base = f"{base}/" if base else ""
+        names = []
+        with self._errors(f"listing s3://{self.bucket}/{base}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    name, _, rest = obj["Key"][len(base) :].partition("/")
+                    if name and rest == MANIFEST_NAME:
+                        names.append(name)
+        return sorted(names)
+
+    def list_keys(self, key_prefix: str = "") -> list[str]:
+        """Sorted keys of every object under ``key_prefix``, relative to the store's prefix."""
+        base = self._key(key_prefix)
+        base = f"{base}/" if base else ""
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        with self._errors(f"listing s3://{self.bucket}/{base}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
+
+    def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Download a complete upload into ``local_dir`` (must not exist or be empty), verified.
+
+        Files land in a temporary sibling directory that is renamed into place only when every
+        file matched its manifest entry, so ``local_dir`` is either complete or absent.
+        """
+        t0 = time.monotonic()
+        dest = Path(local_dir)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise StorageError(f"download target {dest} already exists and is not an empty directory")
+        manifest = self.read_manifest(key_prefix)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the checkpoint should look like any other dir
+        try:
+            for rel, info in manifest["files"].items():
+                target = (tmp / rel).resolve()
+                if not target.is_relative_to(tmp.resolve()):
+                    raise CorruptObjectError(f"manifest of {self.uri_for(key_prefix)} has an unsafe path {rel!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                key = self._key(key_prefix, rel)
+                with self._errors(f"download of s3://{self.bucket}/{key}"):
+                    self.client.download_file(self.bucket, key, str(target), Config=self.transfer_config)
+                size, digest = _hash_file(target)
+                if size != info["size"] or digest != info["sha256"]:
+                    raise CorruptObjectError(
+                        f"s3://{self.bucket}/{key} is corrupt: expected size {info['size']} sha256 "
+                        f"{info['sha256']}, got size {size} sha256 {digest}"
+                    )
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            if dest.exists():
+                dest.rmdir()
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("downloaded and verified %d files from %s to %s in %.1fs", len(manifest["files"]),
+                    self.uri_for(key_prefix), dest, time.monotonic() - t0)
+        return manifest
+
+    def delete_prefix(self, key_prefix: str) -> int:
+        """Delete every object under ``key_prefix`` (e.g. an old checkpoint); returns how many."""
+        base = self._key(key_prefix)
+        if not base:
+            raise ValueError("refusing to delete the whole bucket: give a non-empty key prefix")
+        manifest_key = _join(base, MANIFEST_NAME)
+        with self._errors(f"deleting s3://{self.bucket}/{base}/"):
+            keys = [
+                obj["Key"]
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{base}/")
+                for obj in page.get("Contents", [])
+            ]
+            if manifest_key in keys:
+                # Manifest first: from that instant readers no longer see the upload as complete.
+                self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
+            rest = [k for k in keys if k != manifest_key]
+            for i in range(0, len(rest), 1000):  # DeleteObjects takes at most 1000 keys
+                batch = [{"Key": k} for k in rest[i : i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+
+# -- background uploads ------------------------------------------------------------------------

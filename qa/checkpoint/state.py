@@ -1,0 +1,58 @@
+"""What a checkpoint records besides the model and optimizer: counters, data order, tracker run id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qa.config import TrainConfig
+
+COMPLETE = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress
+    batches_in_epoch: int = 0  # micro-batches this rank consumed in the epoch in progress
+    samples_seen: int = 0  # over all ranks
+    tokens_seen: int = 0  # real (non-padding) tokens over all ranks
+    skipped_steps: int = 0  # fp16 overflow steps
+    best_f1: float | None = None
+    best_exact_match: float | None = None
+    seed: int = 0
+    world_size: int = 1
+    tracker_run_id: str | None = None
+    train_time_s: float = 0.0
+    data_order: dict[str, Any] | None = None  # what the saved data position depends on (data_order_key)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainState:
+        data = json.loads(path.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def data_order_key(cfg: TrainConfig) -> dict[str, Any]:
+    return {"seed": cfg.seed, "per_device_train_batch_size": cfg.per_device_train_batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "group_by_length": cfg.group_by_length,
+            "max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride,
+            "max_train_samples": cfg.max_train_samples, "train_file": cfg.train_file,
+            "dataset_name": cfg.dataset_name}
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete local checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / COMPLETE).is_file())

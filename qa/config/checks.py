@@ -1,0 +1,66 @@
+"""Value checks on a whole config: every message names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qa.config.schema import TrainConfig
+from qa.errors import ConfigError
+
+
+def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}: {msg}")
+
+    need(cfg.max_seq_length > 0, "max_seq_length", "must be positive")
+    need(0 <= cfg.doc_stride < cfg.max_seq_length, "doc_stride",
+         f"must be >= 0 and smaller than max_seq_length ({cfg.max_seq_length}), got {cfg.doc_stride}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "n_best_size", "max_answer_length", "logging_steps"):
+        need(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
+    for key in ("learning_rate", "weight_decay", "num_warmup_steps", "max_grad_norm", "num_train_epochs",
+                "adam_epsilon", "s3_upload_timeout", "preemption_grace_seconds"):
+        need(getattr(cfg, key) >= 0, key, f"must not be negative, got {getattr(cfg, key)}")
+    need(cfg.learning_rate > 0 or not cfg.do_train, "learning_rate", "must be positive when training")
+    for key in ("adam_beta1", "adam_beta2"):
+        need(0 <= getattr(cfg, key) < 1, key, f"must be in [0, 1), got {getattr(cfg, key)}")
+    for key in ("max_train_samples", "max_eval_samples", "max_train_steps", "eval_steps", "total_train_batch_size",
+                "preprocessing_num_workers", "save_total_limit"):
+        v = getattr(cfg, key)
+        need(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
+    if cfg.eval_strategy == "steps":
+        need(cfg.eval_steps is not None, "eval_steps", "set eval_steps when eval_strategy is steps")
+    need(cfg.dataloader_num_workers >= 0, "dataloader_num_workers", "must not be negative")
+    if isinstance(cfg.checkpointing_steps, int):
+        need(cfg.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1, 'epoch' or null")
+    need(cfg.do_train or cfg.do_eval, "do_train", "nothing to do: do_train and do_eval are both false")
+    if cfg.do_train:
+        need(cfg.num_train_epochs > 0 or cfg.max_train_steps is not None, "num_train_epochs",
+             "must be positive unless max_train_steps is set")
+    has_hub = cfg.dataset_name is not None
+    if cfg.do_train:
+        need(has_hub or cfg.train_file is not None, "train_file", "set train_file or dataset_name to train")
+    if cfg.do_eval:
+        need(has_hub or cfg.validation_file is not None, "validation_file",
+             "set validation_file or dataset_name to evaluate")
+    if cfg.dataset_name == "squad_v2" and not cfg.version_2_with_negative:
+        raise ConfigError("version_2_with_negative: dataset_name is squad_v2, so set version_2_with_negative: true")
+    if cfg.s3_uri is not None:
+        need(cfg.s3_uri.startswith("s3://") and len(cfg.s3_uri) > 5, "s3_uri",
+             f"must look like s3://bucket/prefix, got {cfg.s3_uri!r}")
+    if cfg.s3_sse_kms_key_id is not None:
+        need(cfg.s3_sse == "aws:kms", "s3_sse_kms_key_id", "only applies with s3_sse: aws:kms")
+    r = cfg.resume_from_checkpoint
+    if r is not None and not cfg.do_train:
+        raise ConfigError("resume_from_checkpoint: only for training; to evaluate a run, pass its exported model "
+                          "(model_name_or_path: OUTPUT_DIR/final) and resume_from_checkpoint: null")
+    if check_files:
+        for key in ("train_file", "validation_file", "deepspeed"):
+            path = getattr(cfg, key)
+            if key == "train_file" and not cfg.do_train or key == "validation_file" and not cfg.do_eval:
+                continue
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{key}: file not found: {path}")
+        if r is not None and r != "auto" and not r.startswith("s3://") and not Path(r).is_dir():
+            raise ConfigError(f"resume_from_checkpoint: directory not found: {r}")

@@ -1,0 +1,3 @@
+"""Evaluation, pure and rank-0: span decoding (``decode``, rule documented in ``reference``), SQuAD scoring
+(``squad_metrics``), decode + score (``evaluator``), output files (``outputs``), offline re-decoding (``cli``).
+"""

@@ -1,0 +1,5 @@
+import sys
+
+from qa.eval.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""Evaluation files in ``output_dir``, written atomically: predictions, n-best, null odds, logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from qa.eval.evaluator import (
+    EXAMPLES_FILE,
+    FEATURES_FILE,
+    LOGITS_FILE,
+    EvalExamples,
+    EvalFeatures,
+    EvalOutcome,
+    _as_logits,
+)
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write via a temp file in the same directory + os.replace: readers never see a partial file."""
+    # A uniquely named temp opened with "xb" (not mkstemp) so the final file gets normal, umask-based
+    # permissions instead of 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def metrics_json(metrics: Mapping[str, Any]) -> str:
+    """The exact text of ``eval_results.json`` (and of the CLI's stdout)."""
+    return json.dumps(dict(metrics), indent=2) + "\n"
+
+
+def _json_lines_object(mapping: Mapping[str, Any]) -> str:
+    # One key per line, each value compact: readable and diffable like indent=2, but encoded by the C
+    # encoder (json with indent falls back to the pure-Python one, ~10x slower on the n-best file).
+    if not mapping:
+        return "{}\n"
+    body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}"
+                      for k, v in mapping.items())
+    return "{\n" + body + "\n}\n"
+
+
+def write_eval_outputs(output_dir: str | Path, outcome: EvalOutcome, *, version_2_with_negative: bool,
+                       prefix: str = "") -> list[Path]:
+    """``eval_results.json``, ``predictions.json``, ``nbest_predictions.json`` (+ v2 ``null_odds.json``).
+
+    With ``prefix`` the names become ``{prefix}_eval_results.json`` etc. Null odds of examples with no
+    valid span are ``inf``, written as ``Infinity`` (what Python's json reads back).
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def name(base: str) -> Path:
+        return out / (f"{prefix}_{base}" if prefix else base)
+
+    written = [
+        _write_text(name("eval_results.json"), metrics_json(outcome.metrics)),
+        _write_text(name("predictions.json"), _json_lines_object(outcome.decoded.predictions)),
+        _write_text(name("nbest_predictions.json"), _json_lines_object(outcome.decoded.nbest)),
+    ]
+    if version_2_with_negative:
+        written.append(_write_text(name("null_odds.json"), _json_lines_object(outcome.decoded.null_odds)))
+    return written
+
+
+def save_eval_arrays(output_dir: str | Path, examples: EvalExamples, feats: EvalFeatures, start_logits: Any,
+                     end_logits: Any) -> list[Path]:
+    """Everything ``python -m qa.eval`` needs to re-decode this evaluation without the model."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start, end = _as_logits(start_logits), _as_logits(end_logits)
+    n_feat = np.asarray(feats.example_index).shape[0]
+    if start.shape != end.shape or start.ndim != 2 or start.shape[0] != n_feat:
+        raise ValueError(f"logits {start.shape}/{end.shape} do not match {n_feat} features")
+    questions: Sequence[str | None] = examples.questions if examples.questions is not None else [None] * len(
+        examples.ids)
+    lines = [
+        json.dumps({"id": qid, "context": ctx, "question": q, "answers": list(ans)})
+        for qid, ctx, q, ans in zip(examples.ids, examples.contexts, questions, examples.answers, strict=True)
+    ]
+    # Uncompressed: ~33 MB for SQuAD dev, and compression would cost seconds on rank 0 every evaluation.
+    return [
+        _atomic_write(out / LOGITS_FILE, lambda f: np.savez(f, start_logits=start, end_logits=end)),
+        _atomic_write(out / FEATURES_FILE, lambda f: np.savez(
+            f, example_index=np.asarray(feats.example_index, dtype=np.int64),
+            offsets=np.asarray(feats.offsets, dtype=np.int32),
+            cls_index=np.asarray(feats.cls_index, dtype=np.int64))),
+        _write_text(out / EXAMPLES_FILE, "".join(line + "\n" for line in lines)),
+    ]
+
+
+def load_eval_arrays(output_dir: str | Path) -> tuple[EvalExamples, EvalFeatures, np.ndarray, np.ndarray]:
+    """Inverse of :func:`save_eval_arrays`; FileNotFoundError names every missing file."""
+    d = Path(output_dir)
+    missing = [str(d / n) for n in (LOGITS_FILE, FEATURES_FILE, EXAMPLES_FILE) if not (d / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing saved evaluation arrays: {', '.join(missing)}")
+    with np.load(d / LOGITS_FILE) as z:
+        start, end = z["start_logits"], z["end_logits"]
+    with np.load(d / FEATURES_FILE) as z:
+        feats = EvalFeatures(example_index=z["example_index"], offsets=z["offsets"], cls_index=z["cls_index"])
+    ids: list[str] = []
+    contexts: list[str] = []
+    answers: list[list[str]] = []
+    questions: list[str | None] = []
+    with open(d / EXAMPLES_FILE, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                ids.append(rec["id"])
+                contexts.append(rec["context"])
+                answers.append(list(rec["answers"]))
+                questions.append(rec.get("question"))
+    no_questions = all(q is None for q in questions)
+    examples = EvalExamples(ids=ids, contexts=contexts, answers=answers,
+                            questions=None if no_questions else [q or "" for q in questions])
+    if start.shape[0] != feats.example_index.shape[0]:
+        raise ValueError(f"{d}: {start.shape[0]} rows of logits but {feats.example_index.shape[0]} features")
+    return examples, feats, start, end

@@ -1,0 +1,1 @@
+"""The model: loading tokenizer and model (``build``), the QA loss (``loss``), optimizer and schedule (``optim``)."""

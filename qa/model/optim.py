@@ -1,0 +1,49 @@
+"""Optimizer and learning-rate schedule (or DeepSpeed's, when its JSON owns them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate.utils import (
+    DummyOptim,
+    DummyScheduler,
+)
+from transformers import get_scheduler
+
+from qa.config import TrainConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights only: not on biases nor normalisation parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Under ZeRO-3 the model is partitioned at load time (p.shape is empty); ds_shape is the real one.
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        if ndim < 2 or name.endswith(".bias") or "norm" in name.lower():
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> Any:
+    groups = param_groups(model, cfg.weight_decay)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    if ds_config is not None and "optimizer" in ds_config:
+        # DeepSpeed owns the optimizer (e.g. its CPU Adam for offload, FusedAdam on GPU).
+        return DummyOptim(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    fast: dict[str, Any] = {"fused": True} if torch.cuda.is_available() else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon, **fast)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: Any, num_training_steps: int,
+                    ds_config: dict[str, Any] | None) -> Any:
+    if ds_config is not None and "scheduler" in ds_config:
+        return DummyScheduler(optimizer, total_num_steps=num_training_steps,
+                              warmup_num_steps=cfg.num_warmup_steps)
+    return get_scheduler(cfg.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=cfg.num_warmup_steps,
+                         num_training_steps=num_training_steps)

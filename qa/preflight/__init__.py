@@ -1,0 +1,3 @@
+"""Pre-flight: launch checks (``checks``), the ZeRO memory model (``memory``), data and step counts (``counts``),
+the dry-run report (``report``) and what the launch scripts ask (``launch``).
+"""

@@ -1,0 +1,5 @@
+import sys
+
+from qa.preflight.launch import main
+
+sys.exit(main())

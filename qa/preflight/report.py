@@ -1,0 +1,272 @@
+"""The dry run: resolve and check everything a launch implies, print it, load no weights.
+
+``train.py --dry_run`` prints :func:`describe_plan`. :func:`check_plan` raises ConfigError for combinations
+that would otherwise fail (or silently train something else) minutes into a job on the cluster, and returns
+warnings for legal but doubtful ones. The tokenizer and the data are loaded, so feature and step counts are
+exact (and the feature cache is warm for the real run); the model is only built on the meta device, to count
+its parameters."""
+
+from __future__ import annotations
+
+import os
+
+from qa.config import TrainConfig
+from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
+from qa.preflight.counts import Schedule, count_data, training_schedule
+from qa.preflight.memory import GIB, count_parameters, estimate_memory
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _int(n: int | None) -> str:
+    return "unknown" if n is None else f"{n:,}"
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _steps(steps: list[int]) -> str:
+    if not steps:
+        return "none"
+    if len(steps) <= 6:
+        return ", ".join(f"{s:,}" for s in steps)
+    head = ", ".join(f"{s:,}" for s in steps[:3])
+    tail = ", ".join(f"{s:,}" for s in steps[-2:])
+    return f"{head}, ..., {tail} ({len(steps)} in all)"
+
+
+def _every(total: int, every: int) -> list[int]:
+    return list(range(every, total + 1, every))
+
+
+def _wandb_mode(env: dict[str, str] | os._Environ) -> str:
+    # Same rule as qa.tracking.tracker_init_kwargs: no key and no mode means offline, never a prompt.
+    if env.get("WANDB_MODE"):
+        return f"{env['WANDB_MODE']} (WANDB_MODE)"
+    if env.get("WANDB_API_KEY"):
+        return "online (WANDB_API_KEY is set)"
+    return "offline (neither WANDB_API_KEY nor WANDB_MODE is set here; `wandb sync` uploads later)"
+
+
+def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool | None = None) -> str:
+    """The resolved plan as text; "" on every rank but 0, so a launched dry run prints it once."""
+    if _rank() != 0:
+        return ""
+    import torch
+
+    from qa.distributed.accelerator import load_deepspeed_config, resolve_precision, zero_stage
+
+    world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    warnings = check_plan(cfg, world_size, cuda)
+    precision = resolve_precision(cfg, cuda)
+    ds = load_deepspeed_config(cfg, world_size=world_size, precision=precision)
+    stage = zero_stage(ds)
+    off_opt, off_param = _offload(ds)
+    num_params, model_class = count_parameters(cfg)
+    counts = count_data(cfg)
+    run_name = cfg.resolved_run_name
+
+    lines: list[str] = []
+
+    def section(title: str) -> None:
+        lines.append(title)
+
+    def row(key: str, value: str) -> None:
+        lines.append(f"  {key:<20} {value}")
+
+    lines.append(f"Dry run for run '{run_name}': nothing is trained, no weights are loaded, nothing is "
+                 "written to output_dir.")
+    section("launch")
+    where = os.environ.get("WORLD_SIZE")
+    row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
+                                                      " (WORLD_SIZE unset; set it to plan another launch)"))
+    row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
+    prec_note = ""
+    if cfg.mixed_precision == "auto":
+        prec_note = " (mixed_precision: auto" + ("" if cuda else "; fp16 when launched on GPUs") + ")"
+    row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
+        + prec_note)
+    if ds is None:
+        row("distribution", "DDP (deepspeed: null), no ZeRO sharding")
+    else:
+        row("distribution", f"DeepSpeed ZeRO-{stage} from {cfg.deepspeed} (the run config's JSON wins over "
+                            "the accelerate config's)")
+        row("offload", f"optimizer states -> {off_opt}, parameters -> {off_param}")
+        if stage == 3:
+            init = os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true"
+            row("ZeRO-3", f"16-bit weights gathered for save_pretrained: "
+                f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; weights partitioned while "
+                f"loading (zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
+    if cfg.torch_compile:
+        row("torch.compile", "on")
+
+    section("model")
+    row("model", f"{cfg.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))
+    row("parameters", f"{num_params:,} (Ψ)" if num_params is not None else model_class)
+    row("attention", str(cfg.attn_implementation or "model default"))
+
+    section("data")
+    for key, want, src, n_ex, n_feat, unknown in (
+            ("train", cfg.do_train, cfg.train_file or f"{cfg.dataset_name} train", counts.train_examples,
+             counts.train_features, counts.train_unknown),
+            ("eval", cfg.do_eval, cfg.validation_file or f"{cfg.dataset_name} validation",
+             counts.eval_examples, counts.eval_features, counts.eval_unknown)):
+        if not want:
+            continue
+        if n_feat is None:
+            known = f"{n_ex:,} examples -> features " if n_ex is not None else ""
+            row(key, f"{src}: {known}{unknown}")
+        else:
+            row(key, f"{src}: {_int(n_ex)} examples -> {_int(n_feat)} features")
+    row("windows", f"max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride}"
+        + (", SQuAD v2 (unanswerable questions)" if cfg.version_2_with_negative else ""))
+
+    section("batch")
+    micro, acc = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    global_batch = micro * world_size * acc
+    row("per device", f"{micro} train, {cfg.per_device_eval_batch_size} eval")
+    row("accumulation", f"{acc} micro-batch(es) per optimizer step")
+    row("global batch", f"{global_batch} = {micro} per device x {world_size} process(es) x {acc} accumulation"
+        + ("" if cfg.total_train_batch_size is None else " (= total_train_batch_size)"))
+
+    section("schedule")
+    sched: Schedule | None = None
+    if cfg.do_train and counts.train_features is not None:
+        sched = training_schedule(cfg, counts.train_features, world_size)
+        row("steps per epoch", f"{sched.steps_per_epoch:,} ({counts.train_features:,} features // "
+                               f"{global_batch}; the remainder is dropped)")
+        why = " (max_train_steps)" if cfg.max_train_steps is not None \
+            else f" (num_train_epochs {cfg.num_train_epochs:g})"
+        row("optimizer steps", f"{sched.total_steps:,} over {sched.epochs} epoch(s){why}")
+    elif cfg.do_train:
+        row("optimizer steps", f"unknown (needs the dataset): features // {global_batch} per epoch x "
+                               f"{cfg.num_train_epochs:g} epoch(s)" if cfg.max_train_steps is None
+            else f"{cfg.max_train_steps:,} (max_train_steps)")
+    else:
+        row("optimizer steps", "0 (do_train: false)")
+    if cfg.do_train:
+        total = sched.total_steps if sched else cfg.max_train_steps
+        frac = f" ({cfg.num_warmup_steps / total:.1%} of the run)" if total else ""
+        row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, "
+                             f"{cfg.num_warmup_steps:,} warmup step(s){frac}")
+        if total is not None and cfg.num_warmup_steps > total:
+            warnings.append(f"num_warmup_steps ({cfg.num_warmup_steps}) is more than the {total} optimizer "
+                            "steps")
+    row("evaluation", _eval_line(cfg, sched))
+    row("checkpoints", _checkpoint_line(cfg, sched))
+    row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
+                      "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue)")
+    row("resume", _resume_line(cfg))
+    row("logging", f"every {cfg.logging_steps} step(s)")
+
+    n = world_size
+    section(f"memory per {'GPU' if cuda else 'process'} for model states (ZeRO-{stage}, N = {n}"
+            + (f", Ψ = {num_params:,})" if num_params else ")"))
+    mixed_states = ds is not None and precision in ("fp16", "bf16")
+    est = None
+    if num_params is not None:
+        est = estimate_memory(num_params, stage=stage, world_size=n, mixed_precision_states=mixed_states,
+                              offload_optimizer=off_opt != "none", offload_params=off_param != "none")
+    proto = estimate_memory(1, stage=stage, world_size=n, mixed_precision_states=mixed_states,
+                            offload_optimizer=off_opt != "none", offload_params=off_param != "none")
+    row("formula", proto.formula)
+    if est is not None:
+        row("parameters", format_bytes(est.params_gpu))
+        row("gradients", format_bytes(est.grads_gpu))
+        row("optimizer states", format_bytes(est.optimizer_gpu))
+        row("total", format_bytes(est.gpu_total) + (f" (+ {format_bytes(est.host)} per rank offloaded to "
+                                                      f"{off_opt if off_opt != 'none' else off_param})"
+                                                      if est.host else ""))
+        others = []
+        for s in (0, 1, 2, 3):
+            # Any stage above 0 means DeepSpeed, which keeps 16-bit states whenever precision is 16-bit.
+            alt = estimate_memory(num_params, stage=s, world_size=n,
+                                  mixed_precision_states=precision != "no" and (s > 0 or ds is not None))
+            others.append(f"ZeRO-{s} {format_bytes(alt.gpu_total)}")
+        row("other stages", ", ".join(others) + " (no offload)")
+    else:
+        row("total", "unknown (needs the model config for Ψ)")
+    if not cuda and cfg.mixed_precision == "auto" and num_params is not None and ds is not None:
+        gpu_est = estimate_memory(num_params, stage=stage, world_size=n, mixed_precision_states=True,
+                                  offload_optimizer=off_opt != "none", offload_params=off_param != "none")
+        row("on GPUs (fp16)", f"{format_bytes(gpu_est.gpu_total)}: mixed_precision auto means fp16 there")
+    row("not included", "activations (grow with per-device batch x sequence length; gradient checkpointing "
+                        "is off), DeepSpeed communication buckets, ZeRO-3's gathered layers, the CUDA "
+                        "context and allocator fragmentation")
+
+    section("outputs")
+    row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all "
+                      "nodes share)")
+    row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
+    if cfg.do_train:
+        row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")
+    if cfg.s3_uri:
+        base = f"{cfg.s3_uri.rstrip('/')}/{run_name}"
+        row("S3", f"{base}/checkpoints/step_NNNNNNN/" + (f", {base}/final/" if cfg.do_train else "")
+            + (f" (SSE {cfg.s3_sse})" if cfg.s3_sse else ""))
+    else:
+        row("S3", "none (s3_uri not set)")
+    if cfg.report_to == "wandb":
+        row("W&B", f"project {cfg.wandb_project}, entity {cfg.wandb_entity or '(default)'}, group "
+                   f"{cfg.wandb_group or run_name}, run {run_name}; {_wandb_mode(os.environ)}")
+    else:
+        row("W&B", "off (report_to: none); console and metrics.jsonl only")
+
+    if warnings:
+        section("warnings")
+        lines.extend(f"  - {w}" for w in warnings)
+    return "\n".join(lines)
+
+
+def _eval_line(cfg: TrainConfig, sched: Schedule | None) -> str:
+    if not cfg.do_eval:
+        return "off (do_eval: false)"
+    parts = ["before training"] if cfg.eval_before_training else []
+    if cfg.do_train:
+        if cfg.eval_strategy == "steps" and cfg.eval_steps:
+            # the last step is not evaluated twice: the final evaluation follows it
+            steps = _steps([s for s in _every(sched.total_steps, cfg.eval_steps) if s < sched.total_steps]) \
+                if sched else "unknown"
+            parts.append(f"every {cfg.eval_steps} steps (steps {steps})")
+        elif cfg.eval_strategy == "epoch":
+            steps = _steps(sched.epoch_evaluations()) if sched else "unknown"
+            parts.append(f"at the end of each epoch but the last (steps {steps})")
+        parts.append("after training (final metrics)")
+    else:
+        parts.append("once (do_train: false)")
+    return "; ".join(parts)
+
+
+def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
+    if not cfg.do_train:
+        return "none (do_train: false)"
+    c = cfg.checkpointing_steps
+    if c is None:
+        what = "no periodic checkpoints (checkpointing_steps: null)"
+    elif c == "epoch":
+        steps = _steps(sched.epoch_ends()) if sched else "unknown"
+        what = f"at the end of each epoch (steps {steps})"
+    else:
+        what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
+    keep = "all kept" if cfg.save_total_limit is None else f"newest {cfg.save_total_limit} kept"
+    export = "; each also exported to model/" if cfg.export_every_checkpoint else ""
+    return f"{what}; {keep}{export}"
+
+
+def _resume_line(cfg: TrainConfig) -> str:
+    r = cfg.resume_from_checkpoint
+    mode = " (weights only)" if cfg.resume_weights_only \
+        else " (model, optimizer, schedule, RNG, data position)"
+    if r is None:
+        return "start fresh (resume_from_checkpoint: null)"
+    if r == "auto":
+        where = " else the newest in S3" if cfg.s3_uri else ""
+        return f"auto: newest complete checkpoint in {cfg.output_dir}/checkpoints{where}, else fresh{mode}"
+    return f"from {r}{mode}"
