@@ -2,19 +2,44 @@
 
     accelerate launch train.py --config configs/squad_v1_distilbert.yaml [--key value ...]
 
-Read top to bottom: each line is one step of the run; the steps live in ``qa/``.
+Read top to bottom: each line is one step of the run; the steps live in ``qa/``. A user error (config,
+data, resume target, storage) on any rank ends every rank with one line and exit status 2.
 """
 
 from __future__ import annotations
 
 import sys
 
-from qa.config import load_config
-from qa.errors import EXIT_PREEMPTED, ConfigError
+from qa.config import TrainConfig, load_config
+from qa.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 from qa.preflight.checks import check_launch
 from qa.preflight.report import describe_plan
-from qa.trainer import evaluation, loop
-from qa.trainer import setup as steps
+from qa.trainer import setup
+from qa.trainer.evaluation import evaluate
+from qa.trainer.loop import COMPLETED, PREEMPTED, Trainer
+from qa.trainer.parts import EvalSettings, LoopSettings
+
+
+def run(cfg: TrainConfig) -> int:
+    session = setup.start(cfg)  # accelerator, input checks, storage, checkpoint to resume, tracker
+    data = setup.prepare_data(cfg, session)  # examples -> cached features (main process first)
+    model = setup.build_model(cfg, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
+    setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
+    eval_settings = EvalSettings.from_config(cfg)
+    if data.eval is not None and cfg.eval_before_training:
+        evaluate(session, model, data.eval, eval_settings, tag="eval_before")  # the baseline to beat
+    outcome = COMPLETED
+    if cfg.do_train:
+        outcome = Trainer(session, model, data, LoopSettings.from_config(cfg), eval_settings).train()
+    if outcome == PREEMPTED:
+        setup.finish(cfg, session, outcome)  # upload finished within the grace period
+        return EXIT_PREEMPTED  # launch/ scripts requeue on this code
+    if data.eval is not None:
+        evaluate(session, model, data.eval, eval_settings, tag="eval")  # gather, decode and score on rank 0
+    if cfg.do_train:
+        setup.export(cfg, session, model, data)  # save_pretrained + tokenizer to output_dir/final (and S3)
+    setup.finish(cfg, session, outcome)  # wait for uploads, summary, close tracker
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,25 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.dry_run:
             print(describe_plan(cfg) or "", end="")  # the resolved plan (rank 0), no weights loaded
             return 0
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    run = steps.start(cfg)  # accelerator, S3 check, checkpoint to resume, tracker
-    steps.prepare_data(run)  # examples -> cached features (main process first)
-    steps.build_model(run)  # model, optimizer, schedule, loader through accelerate/DeepSpeed
-    steps.resume(run)  # model/optimizer/scheduler/RNG/data position, if resuming
-    if cfg.do_eval and cfg.eval_before_training:
-        evaluation.evaluate(run, tag="eval_before")  # the baseline the fine-tuning must beat
-    outcome = loop.train(run) if cfg.do_train else loop.COMPLETED
-    if outcome == loop.PREEMPTED:
-        steps.finish(run, outcome)  # upload finished within the grace period
-        return EXIT_PREEMPTED  # launch/ scripts requeue on this code
-    if cfg.do_eval:
-        evaluation.evaluate(run, tag="eval")  # gather logits, decode and score on rank 0
-    if cfg.do_train:
-        steps.export(run)  # save_pretrained + tokenizer to output_dir/final (and S3)
-    steps.finish(run, outcome)  # wait for uploads, summary, close tracker
-    return 0
+        return run(cfg)
+    except UserError as e:
+        # One line, no traceback: the message names the key, file, row or id to fix.
+        if not getattr(e, "reported_by_rank_zero", False):
+            print(f"{type(e).__name__.removesuffix('Error').lower() or 'input'} error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -270,13 +270,9 @@ class Tracker:
     # ---- setup ------------------------------------------------------------------------------------
 
     def _agree_on_run_id(self, candidate: str) -> str:
-        if self._accelerator.num_processes <= 1:
-            return candidate
-        from accelerate.utils import broadcast_object_list
+        from qa.distributed.rank_zero import broadcast_from_rank_zero
 
-        box = [candidate]
-        broadcast_object_list(box, from_process=0)
-        return box[0]
+        return broadcast_from_rank_zero(self._accelerator, candidate)
 
     def _has_wandb_in_log_with(self) -> bool:
         # log_with holds LoggerType members (str(...) == "wandb") or GeneralTracker instances (.name).

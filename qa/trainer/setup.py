@@ -1,16 +1,21 @@
-"""Setting up a run: the steps ``train.py`` calls, each one small, in the order they happen."""
+"""Setting up a run: the steps ``train.py`` calls, each one small, in the order they happen.
+
+Each step builds one typed part (``qa.trainer.parts``) complete. Every step here is collective: every rank
+calls it, in the same order. User errors (config, data, resume target, storage) surface before the output
+directory, the tracker or W&B are touched.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
@@ -22,51 +27,18 @@ from qa.data import features as qa_features
 from qa.data import formats as qa_formats
 from qa.data.sampler import StepBatchSampler
 from qa.distributed.accelerator import build_accelerator, load_deepspeed_config, resolve_precision
+from qa.distributed.rank_zero import on_rank_zero
+from qa.errors import ConfigError
+from qa.eval.evaluator import EvalExamples, EvalFeatures
 from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.trainer.export import export_model
 from qa.trainer.loop import total_steps
+from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
 
-if TYPE_CHECKING:
-    from qa.eval.evaluator import EvalExamples, EvalFeatures
-
 logger = logging.getLogger("qa")
-
-
-@dataclass
-class Data:
-    train_features: Any = None
-    eval_features: Any = None
-    eval_examples: EvalExamples | None = None
-    eval_arrays: EvalFeatures | None = None
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    accelerator: Any
-    tracker: Any
-    checkpointer: Checkpointer
-    preemption: PreemptionHandler
-    precision: str
-    state: TrainState = field(default_factory=TrainState)
-    resume_path: Path | None = None
-    tokenizer: Any = None
-    data: Data = field(default_factory=Data)
-    model: Any = None
-    model_config: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
-    collator: Any = None
-    train_loader: Any = None
-    train_sampler: Any = None
-    train_input_names: list[str] = field(default_factory=list)
-    eval_input_names: list[str] = field(default_factory=list)
-    batches_per_epoch: int = 0
-    total_steps: int = 0
-    num_epochs: int = 0
-    last_eval: dict[str, Any] = field(default_factory=dict)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _setup_logging(is_main: bool) -> None:
@@ -84,14 +56,19 @@ def _setup_logging(is_main: bool) -> None:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
 
-def start(cfg: TrainConfig) -> Run:
-    """Accelerator, logging, seed, S3 check, checkpoint to resume from, tracker: all before data or model."""
+
+def start(cfg: TrainConfig) -> Session:
+    """Accelerator, input checks, storage, checkpoint to resume from, then the tracker: all before data or model.
+
+    Collective: every rank calls it.
+    """
     from qa.tracking.tracker import Tracker, log_with_for
 
     accelerator = build_accelerator(cfg, log_with=log_with_for(cfg.report_to))
     _setup_logging(accelerator.is_main_process)
     set_seed(cfg.seed)
     precision = resolve_precision(cfg)
+    on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
     store, uploader = _storage(cfg, accelerator)
     checkpointer = Checkpointer(cfg, accelerator, store, uploader)
     resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
@@ -110,164 +87,174 @@ def start(cfg: TrainConfig) -> Run:
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
     )
     state.tracker_run_id = tracker.run_id
-    return Run(cfg=cfg, accelerator=accelerator, tracker=tracker, checkpointer=checkpointer,
-               preemption=PreemptionHandler().install(), precision=precision, state=state,
-               resume_path=resume_path)
+    return Session(accelerator=accelerator, precision=precision, tracker=tracker, checkpointer=checkpointer,
+                   preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)
 
 
-def _storage(cfg: TrainConfig, accelerator: Any) -> tuple[Any, Any]:
+def check_data(cfg: TrainConfig) -> None:
+    """Read and validate every data file this run uses (DataError names the file and id); warms the cache."""
+    splits = [("train", cfg.train_file, cfg.do_train), ("validation", cfg.validation_file, cfg.do_eval)]
+    for split, path, used in splits:
+        if used and path is not None:
+            qa_formats.load_examples(dataset_name=None, dataset_config_name=None, data_file=path, split=split,
+                                     skip_misaligned=cfg.skip_misaligned_answers and split == "train",
+                                     max_samples=None, version_2_with_negative=cfg.version_2_with_negative)
+
+
+def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:
     """Rank 0 checks the bucket at start-up (bad credentials or a missing bucket fail before training)."""
     if cfg.s3_uri is None:
         return None, None
-    from qa.checkpoint.s3 import S3Store
+    from qa.checkpoint.s3 import S3Store, StorageError
     from qa.checkpoint.uploader import BackgroundUploader
 
     store = S3Store(cfg.s3_uri, sse=cfg.s3_sse, sse_kms_key_id=cfg.s3_sse_kms_key_id,
                     create_bucket=cfg.s3_create_bucket)
-    error: list[Any] = [None]
-    if accelerator.is_main_process:
+
+    def check() -> None:
         try:
             store.check()
-        except Exception as e:  # noqa: BLE001 - every rank must stop, not only rank 0
-            error = [str(e)]
-    from accelerate.utils import broadcast_object_list
+        except StorageError as e:
+            raise ConfigError(f"s3_uri: {e}") from None
 
-    error = broadcast_object_list(error, from_process=0)
-    if error[0] is not None:
-        raise SystemExit(f"s3_uri: {error[0]}")
+    on_rank_zero(accelerator, check)
     uploader = BackgroundUploader(store, deadline_s=cfg.s3_upload_timeout) if accelerator.is_main_process else None
     return store, uploader
 
 
-def prepare_data(run: Run) -> None:
-    """Examples and features; built once by the main process (cached), then loaded by the others."""
-    cfg, acc = run.cfg, run.accelerator
-    run.tokenizer = load_tokenizer(cfg)
+def prepare_data(cfg: TrainConfig, session: Session) -> Data:
+    """Examples and features; built once by the main process (cached), then loaded by the others.
+
+    Collective: every rank calls it.
+    """
+    acc = session.accelerator
+    tokenizer = load_tokenizer(cfg)
     num_proc = cfg.preprocessing_num_workers
+    train, eval_set = None, None
     with acc.main_process_first():
         if cfg.do_train:
             train_ex = qa_formats.load_examples(
                 dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
                 data_file=cfg.train_file, split="train", skip_misaligned=cfg.skip_misaligned_answers,
                 max_samples=cfg.max_train_samples, version_2_with_negative=cfg.version_2_with_negative)
-            run.data.train_features = qa_features.build_train_features(
-                train_ex, run.tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
+            train = qa_features.build_train_features(
+                train_ex, tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
                 num_proc=num_proc, overwrite_cache=cfg.overwrite_cache,
                 source=cfg.train_file or f"{cfg.dataset_name}:train")
         if cfg.do_eval:
-            from qa.eval.evaluator import EvalExamples, EvalFeatures
-
             eval_ex = qa_formats.load_examples(
                 dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
                 data_file=cfg.validation_file, split="validation", max_samples=cfg.max_eval_samples,
                 version_2_with_negative=cfg.version_2_with_negative)
             feats = qa_features.build_eval_features(
-                eval_ex, run.tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
+                eval_ex, tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
                 num_proc=num_proc, overwrite_cache=cfg.overwrite_cache,
                 source=cfg.validation_file or f"{cfg.dataset_name}:validation")
-            run.data.eval_features = feats
-            run.data.eval_examples = EvalExamples(
+            examples = EvalExamples(
                 ids=list(eval_ex["id"]), contexts=list(eval_ex["context"]),
                 answers=[list(a["text"]) for a in eval_ex["answers"]], questions=list(eval_ex["question"]))
+            arrays = None
             if acc.is_main_process:  # only rank 0 decodes
-                run.data.eval_arrays = EvalFeatures(
+                arrays = EvalFeatures(
                     example_index=np.asarray(feats["example_index"], dtype=np.int64),
                     offsets=qa_features.packed_offsets(feats, cfg.max_seq_length),
                     cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
-    if cfg.do_train:
-        logger.info("train: %d features", len(run.data.train_features))
-    if cfg.do_eval:
-        logger.info("eval: %d examples, %d features", len(run.data.eval_examples.ids), len(run.data.eval_features))
+            eval_set = EvalSet(features=feats, examples=examples, arrays=arrays)
+    if train is not None:
+        logger.info("train: %d features", len(train))
+    if eval_set is not None:
+        logger.info("eval: %d examples, %d features", len(eval_set.examples.ids), len(eval_set.features))
+    return Data(tokenizer=tokenizer, train=train, eval=eval_set)
 
 
-def build_model(run: Run) -> None:
-    """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once)."""
-    cfg, acc = run.cfg, run.accelerator
+def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
+    """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once).
+
+    Collective: every rank calls it.
+    """
+    acc = session.accelerator
     model = load_model(cfg)
-    run.model_config = model.config
     accepted = set(inspect.signature(model.forward).parameters)
     # pad_to_multiple_of=8: tensor-core friendly shapes at almost no padding cost.
-    run.collator = DataCollatorWithPadding(run.tokenizer, pad_to_multiple_of=8)
-    run.eval_input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted
-                            and (run.data.eval_features is None or k in run.data.eval_features.column_names)]
+    collator = DataCollatorWithPadding(data.tokenizer, pad_to_multiple_of=8)
+    eval_names = [k for k in MODEL_INPUTS if k in accepted
+                  and (data.eval is None or k in data.eval.features.column_names)]
     if not cfg.do_train:
         # Inference needs no optimizer sharding: below ZeRO-3 each rank holds the plain model; under ZeRO-3
         # DeepSpeed partitions the weights (its engine runs without an optimizer).
         if acc.state.deepspeed_plugin is not None and acc.state.deepspeed_plugin.zero_stage >= 3:
-            run.model = acc.prepare(model)
-        else:
-            run.model = model.to(acc.device)
-        return
-    feats = run.data.train_features
+            return Model(module=acc.prepare(model), collator=collator, eval_input_names=eval_names)
+        return Model(module=model.to(acc.device), collator=collator, eval_input_names=eval_names)
+    feats = data.train
+    assert feats is not None
     # Labels stay out of the forward call: the loop computes a padding-invariant loss from the logits.
-    run.train_input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids")
-                             if k in accepted and k in feats.column_names]
-    lengths = np.asarray(feats["length"])
-    keep = [c for c in feats.column_names if c in run.train_input_names or c.endswith("_positions")]
-    dataset = feats.select_columns(keep)
-    run.train_sampler = StepBatchSampler(lengths, cfg.per_device_train_batch_size, acc.num_processes,
-                                         cfg.gradient_accumulation_steps, seed=cfg.seed,
-                                         group_by_length=cfg.group_by_length)
-    if len(run.train_sampler) == 0:
-        raise SystemExit(
-            f"train: {len(feats)} features cannot fill one optimizer step of "
+    train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
+    keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
+    sampler = StepBatchSampler(np.asarray(feats["length"]), cfg.per_device_train_batch_size, acc.num_processes,
+                               cfg.gradient_accumulation_steps, seed=cfg.seed, group_by_length=cfg.group_by_length)
+    if len(sampler) == 0:
+        raise ConfigError(
+            f"per_device_train_batch_size: {len(feats)} train features cannot fill one optimizer step of "
             f"{cfg.per_device_train_batch_size} x {acc.num_processes} ranks x {cfg.gradient_accumulation_steps} "
             "accumulation; lower the batch size or add data")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=run.train_sampler, collate_fn=run.collator,
-        num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        feats.select_columns(keep), batch_sampler=sampler, collate_fn=collator,
+        num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
         # Its own generator keeps the global RNG (dropout) untouched by loader start-up, which exact
         # resume relies on.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    run.batches_per_epoch = len(run.train_sampler) // acc.num_processes
-    run.total_steps, run.num_epochs = total_steps(cfg, run.batches_per_epoch)
-    ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=run.precision,
-                                      num_training_steps=run.total_steps)
+    batches_per_epoch = len(sampler) // acc.num_processes
+    steps, epochs = total_steps(cfg, batches_per_epoch)
+    ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=session.precision,
+                                      num_training_steps=steps)
     if ds_config is not None:
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
     optimizer = build_optimizer(cfg, model, ds_config)
-    scheduler = build_scheduler(cfg, optimizer, run.total_steps, ds_config)
+    scheduler = build_scheduler(cfg, optimizer, steps, ds_config)
     if cfg.torch_compile:
         model = torch.compile(model)
-    run.model, run.optimizer, run.train_loader, run.scheduler = acc.prepare(model, optimizer, loader, scheduler)
+    module, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
     logger.info("train: %d optimizer steps over %d epochs (%d micro-batches per rank per epoch)",
-                run.total_steps, run.num_epochs, run.batches_per_epoch)
+                steps, epochs, batches_per_epoch)
+    return Model(module=module, collator=collator, eval_input_names=eval_names, train_input_names=train_names,
+                 optimizer=optimizer, scheduler=scheduler, train_loader=loader, sampler=sampler,
+                 plan=StepPlan(total_steps=steps, num_epochs=epochs, batches_per_epoch=batches_per_epoch))
 
 
-def resume(run: Run) -> None:
-    if run.resume_path is None:
+def resume(cfg: TrainConfig, session: Session) -> None:
+    """Collective: restore model/optimizer/scheduler/RNG and the data position, if resuming."""
+    if session.resume_path is None:
         return
-    run.state = run.checkpointer.load(run.resume_path, run.state)
-    run.state.tracker_run_id = run.tracker.run_id
-    run.state.data_order = data_order_key(run.cfg)
+    session.state = session.checkpointer.load(session.resume_path, session.state)
+    session.state.tracker_run_id = session.tracker.run_id
+    session.state.data_order = data_order_key(cfg)
 
 
-def export(run: Run) -> Path:
-    final = Path(run.cfg.output_dir) / "final"
-    export_model(run, final)
-    run.checkpointer.upload_final(final)
-    if run.accelerator.is_main_process:
+def export(cfg: TrainConfig, session: Session, model: Model, data: Data) -> Path:
+    """Collective: save_pretrained + tokenizer to output_dir/final, then upload it in the background."""
+    final = Path(cfg.output_dir) / "final"
+    export_model(session.accelerator, model.module, data.tokenizer, final)
+    session.checkpointer.upload_final(final)
+    if session.accelerator.is_main_process:
         logger.info("final model: %s", final)
     return final
 
 
-def finish(run: Run, outcome: str) -> None:
+def finish(cfg: TrainConfig, session: Session, outcome: str) -> None:
     """Wait for uploads (bounded), write the summary, close the tracker."""
-    st = run.state
-    run.tracker.summary({
-        "best/f1": st.best_f1, "best/exact_match": st.best_exact_match, **run.last_eval,
+    st = session.state
+    session.tracker.summary({
+        "best/f1": st.best_f1, "best/exact_match": st.best_exact_match, **session.last_eval,
         "final/step": st.global_step, "train/total_time_s": st.train_time_s,
         "train/total_tokens": st.tokens_seen, "train/total_samples": st.samples_seen, "outcome": outcome,
     })
     error = None
     try:
-        run.checkpointer.wait_uploads(run.cfg.s3_upload_timeout)
+        session.checkpointer.wait_uploads(cfg.s3_upload_timeout)
     except Exception as e:  # noqa: BLE001 - reported after the tracker is closed
         error = e
-    run.tracker.finish()
-    run.preemption.uninstall()
+    session.tracker.finish()
+    session.preemption.uninstall()
     if error is not None:
         raise error
-

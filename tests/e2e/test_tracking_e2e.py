@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import DEMO_DATA, base_env, launch, make_tiny_model, subset_squad
+from fixtures import DEMO_DATA, base_env, launch, launch_and_crash, make_tiny_model, subset_squad
 from wandb_records import config_values, history_rows, offline_dirs, read_wandb_records, summary_values
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,8 @@ def _args(work: dict[str, Path], out: Path, *extra: str) -> list[str]:
 def test_wandb_offline_run_across_crash_and_resume(work: dict[str, Path]) -> None:
     out = work["root"] / "run"
     env = {**base_env(work["root"]), **SENTINELS, "WANDB_MODE": "offline", "WANDB_DIR": str(work["root"] / "wb")}
-    crashed = launch(_args(work, out), tmp=work["root"], env={**env, "QA_FAULT_KILL": "1:13"}, check=False)
+    crashed = launch_and_crash(_args(work, out), tmp=work["root"], env=env,
+                               after=out / "checkpoints" / "step_0000008" / "COMPLETE")
     assert crashed.returncode != 0
     done = launch(_args(work, out, "--resume_from_checkpoint", "auto"), tmp=work["root"], env=env)
 

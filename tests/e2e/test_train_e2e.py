@@ -111,7 +111,7 @@ def test_v2_run_writes_every_output_and_redecode_reproduces_it(work: dict[str, P
         assert (out / name).is_file(), name
     results = json.loads((out / "eval_results.json").read_text())
     assert {"HasAns_exact", "NoAns_exact", "best_f1", "best_f1_thresh"} <= set(results)
-    proc = subprocess.run([sys.executable, "-m", "qa.evaluate", "--output_dir", str(out)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "qa.eval", "--output_dir", str(out)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == results

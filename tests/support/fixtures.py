@@ -82,15 +82,66 @@ def base_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], *, tmp: Path, nproc: int = 2, deepspeed: bool = True, env: dict | None = None,
-           timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """``accelerate launch train.py`` with nproc CPU processes (gloo)."""
+def _launch_cmd(args: list[str], nproc: int, deepspeed: bool) -> list[str]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port())]
     cmd += ["--use_deepspeed"] if deepspeed else (["--multi_gpu"] if nproc > 1 else [])
-    cmd += [str(REPO / "train.py"), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env or base_env(tmp), capture_output=True, text=True,
+    return cmd + [str(REPO / "train.py"), *args]
+
+
+def workers(launcher_pid: int) -> dict[int, Any]:
+    """rank -> psutil.Process of the train.py workers started by a launcher (they run in sessions of their own)."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if any(a.endswith("train.py") for a in child.cmdline()) and "RANK" in child.environ():
+                found[int(child.environ()["RANK"])] = child
+        except psutil.Error:  # exited meanwhile
+            continue
+    return found
+
+
+def launch_and_crash(args: list[str], *, tmp: Path, after: Path, kill_rank: int = 1, env: dict | None = None,
+                     nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A real crash, injected from outside: once ``after`` exists (say a checkpoint's COMPLETE marker), freeze
+    every worker (SIGSTOP, so none runs on meanwhile), SIGKILL rank ``kill_rank``, and let the rest go on.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(_launch_cmd(args, nproc, True), cwd=REPO, env=env or base_env(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not after.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"{after} never appeared (exit {proc.returncode}):\n{out[-6000:]}")
+            time.sleep(0.01)  # polling a file for a condition, not waiting for time to pass
+        ranks = workers(proc.pid)
+        assert kill_rank in ranks, f"no worker with rank {kill_rank}: {ranks}"
+        for p in ranks.values():
+            p.send_signal(signal.SIGSTOP)
+        ranks[kill_rank].send_signal(signal.SIGKILL)
+        for p in ranks.values():
+            try:
+                p.send_signal(signal.SIGCONT)
+            except Exception:  # noqa: BLE001 - the killed one is gone
+                pass
+        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def launch(args: list[str], *, tmp: Path, nproc: int = 2, deepspeed: bool = True, env: dict | None = None,
+           timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """``accelerate launch train.py`` with nproc CPU processes (gloo)."""
+    proc = subprocess.run(_launch_cmd(args, nproc, deepspeed), cwd=REPO, env=env or base_env(tmp), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
