@@ -98,8 +98,9 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     ds_config = load_deepspeed_config(cfg, world_size=world_size, precision=precision)
     kwargs_handlers = [InitProcessGroupKwargs(timeout=timedelta(minutes=30))]
-    if not cuda:
-        # NCCL needs CUDA; gloo runs real collectives (and DeepSpeed ZeRO) on CPU.
+    if not cuda and (world_size > 1 or ds_config is not None):
+        # NCCL needs CUDA; gloo runs real collectives (and DeepSpeed ZeRO) on CPU. A single plain process has no
+        # process group at all: naming a backend there makes Accelerate look for one that was never started.
         kwargs_handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))]
     plugin = None
     # The run config decides, whether or not `accelerate launch` was given --use_deepspeed.

@@ -1,0 +1,45 @@
+"""The trainer's step logic: when a step logs, evaluates and checkpoints; how many steps a run makes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from qa.trainer.loop import CHECKPOINT, EVAL, LOG, step_events, total_steps
+from qa.trainer.parts import LoopSettings
+
+BASE = LoopSettings(max_grad_norm=1.0, logging_steps=10, do_eval=True, eval_strategy="epoch", eval_steps=None,
+                    checkpointing_steps=None, export_every_checkpoint=False, preemption_grace_seconds=110.0,
+                    output_dir=Path("out"))
+
+
+def _schedule(settings: LoopSettings, total: int) -> dict[str, list[int]]:
+    got: dict[str, list[int]] = {LOG: [], EVAL: [], CHECKPOINT: []}
+    for step in range(1, total + 1):
+        for event in step_events(step, total, settings):
+            got[event].append(step)
+    return got
+
+
+def test_logging_every_n_and_always_at_the_end() -> None:
+    assert _schedule(BASE, 25)[LOG] == [10, 20, 25]
+
+
+def test_step_evaluation_never_at_the_last_step_and_only_with_steps_strategy() -> None:
+    steps = replace(BASE, eval_strategy="steps", eval_steps=10)
+    assert _schedule(steps, 30)[EVAL] == [10, 20]  # 30 is the final evaluation, done once by train.py
+    assert _schedule(BASE, 30)[EVAL] == []
+    assert _schedule(replace(steps, do_eval=False), 30)[EVAL] == []
+
+
+def test_checkpoints_by_step_count_only_when_an_int() -> None:
+    assert _schedule(replace(BASE, checkpointing_steps=7), 21)[CHECKPOINT] == [7, 14, 21]
+    assert _schedule(replace(BASE, checkpointing_steps="epoch"), 21)[CHECKPOINT] == []
+
+
+def test_total_steps_max_train_steps_wins_and_epochs_round_up() -> None:
+    cfg = SimpleNamespace(gradient_accumulation_steps=2, max_train_steps=None, num_train_epochs=1.5)
+    assert total_steps(cfg, batches_per_epoch=10) == (8, 2)  # 5 optimizer steps per epoch
+    cfg.max_train_steps = 12
+    assert total_steps(cfg, batches_per_epoch=10) == (12, 3)
