@@ -145,11 +145,6 @@ def build_eval_features(examples: datasets.Dataset, tokenizer: Any, *, max_seq_l
 
 def packed_offsets(features: datasets.Dataset, seq_len: int) -> np.ndarray:
     """Eval offsets as one int32 array [n_features, seq_len, 2], -1 outside the context."""
-    out = np.full((len(features), seq_len, 2), -1, dtype=np.int32)
-    col = features.with_format("numpy")["offset_mapping"]
-    for i, o in enumerate(col):
-        o = np.asarray(o) if not isinstance(o, np.ndarray) or o.dtype == object else o
-        if o.dtype == object:
-            o = np.stack(o)
-        out[i, : len(o)] = o
-    return out
+    from qa.eval.decode import pack_offsets
+
+    return pack_offsets(features["offset_mapping"], seq_len)

@@ -342,3 +342,14 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.inner) * (self.inner.batch_size // self.micro)
+
+
+def check_fills_one_step(num_features: int, batch_size: int, world_size: int, accumulation: int) -> None:
+    """ConfigError unless ``num_features`` fill at least one optimizer step (whole global batches only)."""
+    if num_features < batch_size * world_size * accumulation:
+        from qa.errors import ConfigError
+
+        raise ConfigError(
+            f"per_device_train_batch_size: {num_features} training features cannot fill one optimizer step of "
+            f"{batch_size} x {world_size} process(es) x {accumulation} accumulation; lower the batch size or "
+            "the accumulation, or add data")

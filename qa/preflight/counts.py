@@ -105,16 +105,13 @@ class Schedule:
 
 def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) -> Schedule:
     """Optimizer steps as qa.run computes them (whole global batches per step, the remainder dropped)."""
+    from qa.data.sampler import check_fills_one_step
     from qa.trainer.loop import total_steps
 
     global_batch = cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps
     per_epoch = train_features // global_batch
-    if per_epoch == 0:
-        raise ConfigError(
-            f"per_device_train_batch_size: {train_features} training features cannot fill one optimizer step "
-            f"of {cfg.per_device_train_batch_size} x {world_size} process(es) x "
-            f"{cfg.gradient_accumulation_steps} accumulation; lower the batch size or the accumulation, or "
-            "add data")
+    check_fills_one_step(train_features, cfg.per_device_train_batch_size, world_size,
+                         cfg.gradient_accumulation_steps)
     # batches per epoch per rank, as StepBatchSampler yields them
     total, epochs = total_steps(cfg, per_epoch * cfg.gradient_accumulation_steps)
     return Schedule(global_batch=global_batch, steps_per_epoch=per_epoch, total_steps=total, epochs=epochs)

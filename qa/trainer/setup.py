@@ -25,7 +25,7 @@ from qa.checkpoint.state import TrainState, data_order_key
 from qa.config import TrainConfig, save_config
 from qa.data import features as qa_features
 from qa.data import formats as qa_formats
-from qa.data.sampler import StepBatchSampler
+from qa.data.sampler import StepBatchSampler, check_fills_one_step
 from qa.distributed.accelerator import build_accelerator, load_deepspeed_config, resolve_precision
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError
@@ -190,13 +190,10 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
     # Labels stay out of the forward call: the loop computes a padding-invariant loss from the logits.
     train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
     keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
+    check_fills_one_step(len(feats), cfg.per_device_train_batch_size, acc.num_processes,
+                         cfg.gradient_accumulation_steps)
     sampler = StepBatchSampler(np.asarray(feats["length"]), cfg.per_device_train_batch_size, acc.num_processes,
                                cfg.gradient_accumulation_steps, seed=cfg.seed, group_by_length=cfg.group_by_length)
-    if len(sampler) == 0:
-        raise ConfigError(
-            f"per_device_train_batch_size: {len(feats)} train features cannot fill one optimizer step of "
-            f"{cfg.per_device_train_batch_size} x {acc.num_processes} ranks x {cfg.gradient_accumulation_steps} "
-            "accumulation; lower the batch size or add data")
     loader = torch.utils.data.DataLoader(
         feats.select_columns(keep), batch_sampler=sampler, collate_fn=collator,
         num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
