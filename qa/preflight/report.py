@@ -14,6 +14,7 @@ from qa.config import TrainConfig
 from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
 from qa.preflight.counts import Schedule, count_data, training_schedule
 from qa.preflight.memory import GIB, count_parameters, estimate_memory
+from qa.tracking.wandb_sink import default_mode
 
 # ---------------------------------------------------------------------------------------------------------
 # The plan
@@ -46,12 +47,11 @@ def _every(total: int, every: int) -> list[int]:
 
 
 def _wandb_mode(env: dict[str, str] | os._Environ) -> str:
-    # Same rule as qa.tracking.tracker_init_kwargs: no key and no mode means offline, never a prompt.
+    if default_mode(env) == "offline":
+        return "offline (neither WANDB_API_KEY nor WANDB_MODE is set here; `wandb sync` uploads later)"
     if env.get("WANDB_MODE"):
         return f"{env['WANDB_MODE']} (WANDB_MODE)"
-    if env.get("WANDB_API_KEY"):
-        return "online (WANDB_API_KEY is set)"
-    return "offline (neither WANDB_API_KEY nor WANDB_MODE is set here; `wandb sync` uploads later)"
+    return "online (WANDB_API_KEY is set)"
 
 
 def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool | None = None) -> str:

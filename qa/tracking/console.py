@@ -5,15 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
-
-
-# Console formatting
-# --------------------------------------------------------------------------------------------------
+from typing import Any
 
 _KEY_RENAMES = {"learning_rate": "lr"}
 _RATE_KEY = re.compile(r"^(?P<unit>.+?)_per_s(?:ec|econd)?$")

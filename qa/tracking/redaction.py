@@ -7,12 +7,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
-
+from typing import Any
 
 REDACTED = "***"
 
@@ -113,4 +108,32 @@ def redact(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
     return _redact(obj, secret_env_values(environ), under_secret_key=False)
 
 
-# --------------------------------------------------------------------------------------------------
+def redact_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Command-line words with the values of secret-looking options (``--x_token V``, ``--x_key=V``) hidden."""
+    env_secrets = secret_env_values(environ)
+    out: list[str] = []
+    hide_next = False
+    for word in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        if word.startswith("--"):
+            name, eq, _ = word[2:].partition("=")
+            if is_secret_name(name):
+                if eq:
+                    out.append(f"--{name}={REDACTED}")
+                else:
+                    out.append(word)
+                    hide_next = True
+                continue
+        out.append(_scrub_text(word, env_secrets))
+    return out
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` as one short, redacted line (its type and the first line of its message)."""
+    # wandb's messages run over several lines (hints, URLs); one line is enough for a warning.
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return redact(text if len(text) <= 300 else text[:297] + "...")

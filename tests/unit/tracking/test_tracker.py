@@ -6,8 +6,10 @@ WANDB_DIR under tmp_path and no real credentials.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from qa.tracking import tracker as tracking
+import qa
 from qa.tracking.console import format_console_line
 from qa.tracking.environment import git_commit
-from qa.tracking.redaction import REDACTED, is_secret_name, redact
-from qa.tracking.tracker import Tracker, log_with_for, tracker_init_kwargs
+from qa.tracking.redaction import REDACTED, is_secret_name, redact, redact_argv
+from qa.tracking.tracker import Tracker, log_with_for
+from qa.tracking.wandb_sink import tracker_init_kwargs
 from wandb_records import (  # noqa: F401
     config_values,
     history_rows,
@@ -494,20 +497,59 @@ def test_report_to_none_writes_files_only(
     assert "step 5 | loss 2.0000" in capsys.readouterr().out
 
 
-def test_module_does_not_import_wandb_at_import_time() -> None:
-    import ast
+QA_ROOT = Path(qa.__file__).parent
 
-    tree = ast.parse(Path(tracking.__file__).read_text())
-    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name for n in top_level for a in n.names} | {
-        n.module for n in top_level if isinstance(n, ast.ImportFrom) and n.module
+
+def _imports(tree: ast.AST, package: str) -> list[ast.stmt]:
+    """The import statements of ``tree`` (anywhere in it, also inside functions) that name ``package``."""
+    found: list[ast.stmt] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name.split(".")[0] == package for name in names):
+            found.append(node)
+    return found
+
+
+def _modules_importing(package: str) -> set[str]:
+    return {
+        path.relative_to(QA_ROOT.parent).as_posix()
+        for path in QA_ROOT.rglob("*.py")
+        if _imports(ast.parse(path.read_text(), filename=str(path)), package)
     }
-    assert not any(name.split(".")[0] == "wandb" for name in names)
+
+
+def test_only_the_wandb_sink_imports_wandb_and_only_inside_functions() -> None:
+    assert _modules_importing("wandb") == {"qa/tracking/wandb_sink.py"}
+    sink = ast.parse((QA_ROOT / "tracking" / "wandb_sink.py").read_text())
+    inside_functions = {
+        id(node)
+        for fn in ast.walk(sink) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(fn)
+    }
+    # Never at import time: importing the sink (as the dry run does) must not load wandb.
+    wandb_imports = _imports(sink, "wandb")
+    assert len(wandb_imports) == 2 and all(id(node) in inside_functions for node in wandb_imports)
+
+
+def test_importing_tracking_or_the_dry_run_does_not_load_wandb() -> None:
+    code = ("import sys, qa.tracking.tracker, qa.tracking.wandb_sink, qa.preflight.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wandb'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=QA_ROOT.parent)
+    assert done.stdout.strip() == "[]"
+
+
+def test_only_the_s3_store_imports_boto3() -> None:
+    assert _modules_importing("boto3") == {"qa/checkpoint/s3.py"}
+    assert _modules_importing("botocore") <= {"qa/checkpoint/s3.py"}
 
 
 def test_redact_argv_hides_secret_flag_values() -> None:
-    from qa.tracking.tracker import redact_argv
-
     argv = ["train.py", "--s3_sse_kms_key_id", "K-123", "--learning_rate", "1e-5", "--hub_token=abc",
             "--max_tokens", "5", "--note", "uses verysecretvalue inside"]
     assert redact_argv(argv, {"AWS_SECRET_ACCESS_KEY": "verysecretvalue"}) == [
