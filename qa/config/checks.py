@@ -7,6 +7,18 @@ from pathlib import Path
 from qa.config.schema import TrainConfig
 from qa.errors import ConfigError
 
+# transformers.SchedulerType values the parser offers (qa/config/load.py) that this trainer cannot run: they
+# step on an evaluation metric, while the loop steps the schedule after every optimizer step, or they need
+# lr_scheduler_kwargs, for which run_qa_no_trainer.py has no flag. Refused here, not minutes into the job.
+_METRIC = "steps on an evaluation metric; the training loop steps the schedule every optimizer step"
+UNSUPPORTED_SCHEDULERS = {
+    "reduce_lr_on_plateau": _METRIC,
+    "greedy": _METRIC,
+    "cosine_with_min_lr": "needs min_lr or min_lr_rate (lr_scheduler_kwargs), which no key sets",
+    "cosine_warmup_with_min_lr": "needs min_lr or min_lr_rate (lr_scheduler_kwargs), which no key sets",
+    "warmup_stable_decay": "needs num_decay_steps (lr_scheduler_kwargs), which no key sets",
+}
+
 
 def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     def need(cond: bool, key: str, msg: str) -> None:
@@ -23,10 +35,17 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
                 "adam_epsilon", "s3_upload_timeout", "preemption_grace_seconds"):
         need(getattr(cfg, key) >= 0, key, f"must not be negative, got {getattr(cfg, key)}")
     need(cfg.learning_rate > 0 or not cfg.do_train, "learning_rate", "must be positive when training")
+    need(cfg.lr_scheduler_type not in UNSUPPORTED_SCHEDULERS, "lr_scheduler_type",
+         f"{cfg.lr_scheduler_type} {UNSUPPORTED_SCHEDULERS.get(cfg.lr_scheduler_type)}; use linear, cosine, "
+         "cosine_with_restarts, polynomial, constant, constant_with_warmup or inverse_sqrt")
+    need(0 <= cfg.warmup_ratio <= 1, "warmup_ratio", f"must be in [0, 1], got {cfg.warmup_ratio}")
+    if cfg.warmup_ratio > 0 and cfg.num_warmup_steps > 0:
+        raise ConfigError(f"num_warmup_steps ({cfg.num_warmup_steps}) and warmup_ratio ({cfg.warmup_ratio}) are "
+                          "both set; set one of them (the other to 0)")
     for key in ("adam_beta1", "adam_beta2"):
         need(0 <= getattr(cfg, key) < 1, key, f"must be in [0, 1), got {getattr(cfg, key)}")
-    for key in ("max_train_samples", "max_eval_samples", "max_train_steps", "eval_steps", "total_train_batch_size",
-                "preprocessing_num_workers", "save_total_limit"):
+    for key in ("max_train_samples", "max_eval_samples", "max_predict_samples", "max_train_steps", "eval_steps",
+                "total_train_batch_size", "preprocessing_num_workers", "save_total_limit"):
         v = getattr(cfg, key)
         need(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
     if cfg.eval_strategy == "steps":
@@ -44,6 +63,9 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     if cfg.do_eval:
         need(has_hub or cfg.validation_file is not None, "validation_file",
              "set validation_file or dataset_name to evaluate")
+    if cfg.do_predict:
+        need(has_hub or cfg.test_file is not None, "test_file",
+             "set test_file or dataset_name to predict (do_predict)")
     if cfg.dataset_name == "squad_v2" and not cfg.version_2_with_negative:
         raise ConfigError("version_2_with_negative: dataset_name is squad_v2, so set version_2_with_negative: true")
     if cfg.s3_uri is not None:
@@ -56,9 +78,10 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
         raise ConfigError("resume_from_checkpoint: only for training; to evaluate a run, pass its exported model "
                           "(model_name_or_path: OUTPUT_DIR/final) and resume_from_checkpoint: null")
     if check_files:
-        for key in ("train_file", "validation_file", "deepspeed"):
+        for key, used in (("train_file", cfg.do_train), ("validation_file", cfg.do_eval),
+                          ("test_file", cfg.do_predict), ("deepspeed", True)):
             path = getattr(cfg, key)
-            if key == "train_file" and not cfg.do_train or key == "validation_file" and not cfg.do_eval:
+            if not used:
                 continue
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{key}: file not found: {path}")

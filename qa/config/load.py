@@ -1,169 +1,332 @@
-"""YAML file + ``--key value`` overrides -> a checked :class:`TrainConfig`."""
+"""YAML file + ``--key value`` overrides -> a checked :class:`TrainConfig`.
+
+The command line is parsed by ``transformers.HfArgumentParser``: transformers is already a dependency, people who
+ran its ``run_qa.py`` examples know its flags (``--key value``, a bare ``--flag`` for true, ``--no_flag``,
+lists as ``--key a b``), and it turns the dataclass fields (type, default, ``metadata["help"]``) into argparse
+arguments, so ``train.py --help`` lists every key with its type, default and description.
+
+Written by hand on top of it, because it does not do these:
+
+- YAML as the layer under the command line, with errors naming the file and the key. Its ``parse_yaml_file``
+  builds the dataclass from the YAML unchecked and cannot be combined with overrides; here every YAML value goes
+  through the argparse type function of its key (so YAML and ``--key value`` accept the same things) and
+  seeds the namespace that argparse then overrides.
+- Unknown keys get a difflib "did you mean", and argparse's own errors (usage + SystemExit(2)) become
+  ``ConfigError`` (train.py prints one line and exits 2); ``--help`` still exits 0.
+- ``null``/``none`` for Optional keys (HfArgumentParser types ``int | None`` as plain ``int``), quoted values as
+  literal strings (``--mixed_precision "'no'"``), and ``checkpointing_steps: int | "epoch" | None`` (it refuses
+  any Union but Optional): parsed as a string whose digits become an int.
+- Relative ``deepspeed`` paths that do not depend on the working directory (:func:`resolve_repo_path`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
+import difflib
+import functools
 import os
+import re
 import sys
-import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, NoReturn, get_args
 
 import yaml
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from qa.config.checks import check_config as _check
-from qa.config.schema import TrainConfig
+from qa.config.schema import SECTIONS, TrainConfig
 from qa.errors import ConfigError
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
+_REPO = Path(__file__).resolve().parents[2]
+_NULLS = frozenset({"null", "none", "~"})
+# What HfArgumentParser is told a field's type is, where the schema's type is one it refuses.
+_PARSE_AS: dict[str, Any] = {"checkpointing_steps": str | None}
+_KINDS: dict[Any, tuple[str, str]] = {int: ("an integer", "INT"), float: ("a number", "FLOAT"),
+                                      str: ("a string", "STR"), string_to_bool: ("true or false", "BOOL")}
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the annotation; accept YAML-ish strings from the command line."""
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = get_args(hint)
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            if type(None) in options:
+@functools.cache
+def _scheduler_types() -> tuple[str, ...]:
+    # transformers.SchedulerType lives in a module that imports torch, so only the parser asks for it.
+    from transformers import SchedulerType
+
+    return tuple(s.value for s in SchedulerType)
+
+
+def _steps_or_epoch(text: str) -> int | str:
+    return text if text == "epoch" else int(text)
+
+
+class _Convert:
+    """The argparse type of one key; YAML values go through it too, so both accept the same text."""
+
+    def __init__(self, base: Callable[[str], Any], kind: str, *, optional: bool,
+                 choices: Sequence[str] | None = None) -> None:
+        self.base, self.kind, self.optional, self.choices = base, kind, optional, choices
+
+    def __call__(self, text: str) -> Any:
+        if self.choices is not None and text in self.choices:
+            return text  # report_to: none is a choice, not null
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]  # quoted, as in YAML: a literal string, never null
+        elif text.strip().lower() in _NULLS:
+            if self.optional:
                 return None
-        errors = []
-        for opt in options:
-            if opt is type(None):
+            raise argparse.ArgumentTypeError(f"cannot be null (expected {self.kind})")
+        try:
+            value = self.base(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected {self.kind}, got {text!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise argparse.ArgumentTypeError(f"expected {self.kind}, got {text!r}")
+        return value
+
+
+def _raise_config_error(message: str) -> NoReturn:
+    # argparse.ArgumentParser.error prints usage and exits 2; train.py wants one line and its own exit.
+    # "argument --key/--key-alias: msg" -> "--key: msg".
+    raise ConfigError(re.sub(r"^argument (--\w+)[^:]*: ", r"\1: ", message))
+
+
+class _PreParser(argparse.ArgumentParser):
+    """Finds --config before the real parse: the YAML values must be in place before argparse runs."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False, allow_abbrev=False)
+        self.add_argument("--config", action="append", default=[])
+
+    def error(self, message: str) -> NoReturn:
+        _raise_config_error(message)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """One ``--key TYPE`` per line: HfArgumentParser's ``--key-with-dashes`` aliases work but are not listed."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        args = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{action.option_strings[0]} {args}"
+
+
+class _WithTracking(argparse.Action):
+    """run_qa_no_trainer.py's ``--with_tracking``: ``--report_to wandb`` (``--with_tracking false``: none)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        namespace.report_to = "wandb" if values else "none"
+
+
+class ConfigParser(HfArgumentParser):
+    """``train.py``'s arguments: one per TrainConfig field, in ``--help`` groups, plus --config/--with_tracking."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, Any] = {}
+        super().__init__(
+            TrainConfig, prog="train.py", allow_abbrev=False,  # a typo must not silently match a longer key
+            usage="train.py [-h] [--config FILE.yaml] [--key value ...]", formatter_class=_HelpFormatter,
+            description="Fine-tune an extractive QA model. Keys come from --config FILE.yaml (key: value) "
+                        "and are overridden by --key value.",
+            epilog="Booleans: --flag (true), --flag true|false, --no_flag for those on by default. "
+                   "null or none clears an optional key. Lists: --wandb_tags a b (or a,b).")
+        self.add_argument("--config", action="append", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                          help="YAML file of key: value pairs; relative deepspeed paths in it may be relative "
+                               "to the repository it lives in")
+        self.groups["tracking"].add_argument(
+            "--with_tracking", "--with-tracking", action=_WithTracking, nargs="?", const=True,
+            default=argparse.SUPPRESS, metavar="BOOL", type=_Convert(string_to_bool, "true or false", optional=False),
+            help="Alias of --report_to wandb (false: --report_to none), as in run_qa_no_trainer.py")
+        # The argument of each key (HfArgumentParser's --no_<flag> complements share the dest; skip them).
+        self.actions = {a.dest: a for a in self._actions if a.nargs != 0}
+
+    def _add_dataclass_arguments(self, dtype: Any) -> None:
+        group: Any = self
+        for f in dataclasses.fields(dtype):
+            if f.name in SECTIONS:
+                group = self.groups[SECTIONS[f.name]] = self.add_argument_group(SECTIONS[f.name])
+            hint = _HINTS[f.name]
+            f = copy.copy(f)  # HfArgumentParser rewrites field.type: leave TrainConfig's own fields alone
+            f.type = _PARSE_AS.get(f.name, hint)
+            first = len(self._actions)
+            self._parse_dataclass_field(group, f)
+            for action in self._actions[first:]:
+                _finish(action, hint)
+
+    def error(self, message: str) -> NoReturn:
+        _raise_config_error(message)
+
+    def yaml_value(self, key: str, value: Any) -> Any:
+        """A YAML value through the same type function as its ``--key`` text; ArgumentTypeError if wrong."""
+        action = self.actions[key]
+        conv: _Convert = action.type
+        if action.nargs == "+":
+            items = value if isinstance(value, list) else [value]
+            return _split_commas([_yaml_scalar(conv, v) for v in items])
+        if isinstance(value, list | dict):
+            raise argparse.ArgumentTypeError(f"expected {conv.kind}, got {value!r}")
+        return _yaml_scalar(conv, value)
+
+
+def _finish(action: argparse.Action, hint: Any) -> None:
+    """Our type function and a metavar that says the type, on an argument HfArgumentParser made."""
+    if action.nargs == 0:  # --no_<flag>: works, but one line per key in --help is enough
+        action.help = argparse.SUPPRESS
+        return
+    optional = type(None) in get_args(hint)
+    choices: Sequence[str] | None = None
+    if action.dest == "checkpointing_steps":
+        base, kind, metavar = _steps_or_epoch, "an integer, 'epoch' or null", "INT|epoch"
+    else:
+        if action.dest == "lr_scheduler_type":
+            choices = _scheduler_types()
+        elif action.choices is not None:  # a Literal
+            choices = tuple(action.choices)
+            action.choices = None  # checked by _Convert, so YAML and null get the same message
+        base = str if choices is not None else action.type
+        kind, metavar = _KINDS[base]
+        if choices is not None:
+            kind, metavar = f"one of {', '.join(choices)}", "{" + ",".join(choices) + "}"
+    action.type = _Convert(base, kind, optional=optional, choices=choices)
+    action.metavar = metavar + ("|null" if optional else "")
+
+
+def _yaml_scalar(conv: _Convert, value: Any) -> Any:
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        if conv.base is string_to_bool:
+            return value
+        if conv.choices is None or "no" not in conv.choices:
+            raise argparse.ArgumentTypeError(f"expected {conv.kind}, got {str(value).lower()} (YAML reads "
+                                             "yes/no/on/off/true/false unquoted as booleans; quote it)")
+        text = "yes" if value else "no"  # YAML 1.1 reads `mixed_precision: no` as False
+    elif isinstance(value, list | dict):
+        raise argparse.ArgumentTypeError(f"expected {conv.kind}, got {value!r}")
+    else:
+        text = str(value)
+    return conv(text)
+
+
+def _split_commas(items: list[Any]) -> list[Any]:
+    # `--wandb_tags a,b` and `wandb_tags: a,b` were lists before HfArgumentParser; keep accepting them.
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def _unknown(key: str, where: str, keys: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see train.py --help for the keys"
+    return ConfigError(f"{where}unknown key {key!r}{hint}")
+
+
+def resolve_repo_path(value: str | None, near: Path | None = None) -> str | None:
+    """Find a relative ``deepspeed`` path without depending on the working directory.
+
+    Rule: an absolute path, or a relative one that exists from the current directory, is used as given (so a
+    run started from the repository keeps its relative path). Otherwise it is looked up from the directory of
+    the YAML file that named it (``near``) and each directory above it (``configs/demo_cpu.yaml`` names
+    ``configs/deepspeed/zero2.json``, relative to the repository root above it), then from this package's
+    repository root (the default). The first hit is returned absolute; with none, the value is returned as
+    given and the file check reports it. Data paths (train_file, ...) are not resolved: they are the user's,
+    relative to where they run.
+    """
+    if value is None or Path(value).is_absolute() or Path(value).exists():
+        return value
+    bases = [*Path(near).resolve().parents] if near is not None else []
+    for base in [*bases, _REPO]:
+        if (base / value).is_file():
+            return str(base / value)
+    return value
+
+
+def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
+    # Python < 3.13 argparse takes "-1e-3" for an option, not a value: `--null_score_diff_threshold -1e-3`.
+    out: list[str] = []
+    for tok in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and tok.startswith("-") and tok[1:2].isdigit():
+            try:
+                float(tok)
+                out[-1] = f"{out[-1]}={tok}"
                 continue
-            try:
-                return _coerce(key, value, opt)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} is not valid ({'; '.join(errors)})")
-    if origin is Literal:
-        allowed = get_args(hint)
-        if isinstance(value, bool):
-            # YAML 1.1 reads a bare `no` as False: `mixed_precision: no` must still mean "no".
-            value = {False: "no", True: "yes"}[value]
-        for a in allowed:
-            if value == a or (isinstance(value, str) and str(a) == value):
-                return a
-        raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
-    if origin is list:
-        (item,) = get_args(hint)
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(key, v, item) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - guards new fields
+        out.append(tok)
+    return out
 
 
+def _convert_mapping(parser: ConfigParser, values: Mapping[Any, Any], source: str) -> dict[str, Any]:
+    """YAML-ish key: value pairs -> typed values; every error names ``source`` and the key."""
+    keys = [*_FIELDS, "with_tracking"]
+    out: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = str(raw_key)
+        if key not in keys:
+            raise _unknown(key, f"{source}: ", keys)
+        try:
+            out[key] = parser.yaml_value(key, value)
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"{source}: {key}: {e}") from None
+    if "with_tracking" in out:
+        report_to = "wandb" if out.pop("with_tracking") else "none"
+        if out.setdefault("report_to", report_to) != report_to:
+            raise ConfigError(f"{source}: with_tracking and report_to: {out['report_to']} disagree; set one of them")
+    return out
 
 
-def from_dict(values: dict[str, Any], *, source: str = "config", check_files: bool = True) -> TrainConfig:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; see qa/config.py for the valid keys")
-    kwargs = {k: _coerce(k, v, _HINTS[k]) for k, v in values.items()}
-    cfg = TrainConfig(**kwargs)
+def _read_yaml(path: str) -> dict[Any, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value")
+    return loaded
+
+
+def from_dict(values: Mapping[str, Any], *, source: str = "config", check_files: bool = True) -> TrainConfig:
+    """A checked config from ``key: value`` pairs (as read from YAML) over the defaults."""
+    converted = _convert_mapping(ConfigParser(), values, source)
+    converted["deepspeed"] = resolve_repo_path(converted.get("deepspeed", _FIELDS["deepspeed"].default))
+    cfg = TrainConfig(**converted)
     _check(cfg, check_files=check_files)
     return cfg
 
 
-def _parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
-    config_path = None
-    overrides: dict[str, Any] = {}
-    i = 0
-    argv = list(argv)
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; use --key value")
-        key, eq, val = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq:
-            if key == "help":
-                raise ConfigError("usage: train.py --config FILE.yaml [--key value ...]; keys: "
-                                  + ", ".join(_FIELDS))
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if nxt is None or nxt.startswith("--"):
-                # A bare boolean flag such as --dry_run means true.
-                if key in _HINTS and _HINTS[key] is bool:
-                    val = "true"
-                else:
-                    raise ConfigError(f"--{key}: missing value")
-            else:
-                val = nxt
-                i += 1
-        i += 1
-        if key == "config":
-            config_path = val
-        else:
-            if key not in _FIELDS:
-                raise ConfigError(f"--{key}: unknown option; see qa/config.py for the valid keys")
-            # Let YAML type plain scalars (numbers, null, lists) but keep strings as typed.
-            try:
-                parsed = yaml.safe_load(val)
-            except yaml.YAMLError:
-                parsed = val
-            overrides[key] = val if isinstance(parsed, dict) else parsed
-    return config_path, overrides
-
-
 def load_config(argv: Sequence[str] | None = None, *, check_files: bool = True) -> TrainConfig:
     """``--config FILE`` (YAML), then ``--key value`` overrides; raises ConfigError naming the key."""
-    argv = sys.argv[1:] if argv is None else argv
-    config_path, overrides = _parse_overrides(argv)
-    values: dict[str, Any] = {}
-    if config_path is not None:
-        p = Path(config_path)
-        if not p.is_file():
-            raise ConfigError(f"--config: file not found: {config_path}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{config_path}: invalid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_path}: expected a mapping of key: value")
-        unknown = sorted(set(loaded) - set(_FIELDS))
-        if unknown:
-            raise ConfigError(f"{config_path}: unknown key(s) {unknown}")
-        values.update(loaded)
-    values.update(overrides)
-    return from_dict(values, source=config_path or "command line", check_files=check_files)
+    argv = _join_negative_numbers(sys.argv[1:] if argv is None else argv)
+    parser = ConfigParser()
+    paths = _PreParser().parse_known_args(argv)[0].config
+    if len(paths) > 1:
+        raise ConfigError(f"--config given {len(paths)} times ({', '.join(paths)}); give one file and override "
+                          "its keys with --key value")
+    namespace = argparse.Namespace()
+    if paths:
+        values = _convert_mapping(parser, _read_yaml(paths[0]), paths[0])
+        if "deepspeed" in values:
+            values["deepspeed"] = resolve_repo_path(values["deepspeed"], near=Path(paths[0]))
+        namespace = argparse.Namespace(**values)  # argparse keeps these unless the command line sets the key
+    namespace, extras = parser.parse_known_args(argv, namespace=namespace)
+    for tok in extras:
+        if tok.startswith("-"):
+            raise _unknown(tok.lstrip("-").split("=", 1)[0].replace("-", "_"), "command line: ",
+                           [*_FIELDS, "config", "with_tracking"])
+        raise ConfigError(f"unexpected argument {tok!r}; use --key value")
+    values = {name: getattr(namespace, name) for name in _FIELDS}
+    values["wandb_tags"] = _split_commas(values["wandb_tags"])
+    values["deepspeed"] = resolve_repo_path(values["deepspeed"])
+    cfg = TrainConfig(**values)
+    _check(cfg, check_files=check_files)
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:

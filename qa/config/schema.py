@@ -1,4 +1,8 @@
-"""The run configuration: one typed dataclass, field names as in Hugging Face's ``run_qa_no_trainer.py``."""
+"""The run configuration: one typed dataclass, field names as in Hugging Face's ``run_qa_no_trainer.py``.
+
+Every field carries ``metadata={"help": ...}``: ``HfArgumentParser`` (qa/config/load.py) turns it into the
+``train.py --help`` line. Help text goes through argparse's %-formatting, so it must not contain a bare ``%``.
+"""
 
 from __future__ import annotations
 
@@ -8,97 +12,139 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
 @dataclass
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
-    model_name_or_path: str = "distilbert-base-cased"
-    tokenizer_name: str | None = None
-    attn_implementation: str | None = "sdpa"
+    model_name_or_path: str = field(
+        default="distilbert-base-cased", metadata=_help("Hub model id or local directory of the encoder"))
+    tokenizer_name: str | None = field(
+        default=None, metadata=_help("Tokenizer id or directory, if not the model's own"))
+    attn_implementation: str | None = field(
+        default="sdpa", metadata=_help("Attention kernel passed to from_pretrained (sdpa, eager, ...)"))
     # --- data --------------------------------------------------------------------------------
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    preprocessing_num_workers: int | None = None
-    overwrite_cache: bool = False
+    dataset_name: str | None = field(
+        default=None, metadata=_help("Hub dataset (squad, squad_v2) instead of local files"))
+    dataset_config_name: str | None = field(default=None, metadata=_help("Configuration name of the Hub dataset"))
+    train_file: str | None = field(
+        default=None, metadata=_help("Training data: SQuAD-format JSON or JSONL, relative to the working directory"))
+    validation_file: str | None = field(
+        default=None, metadata=_help("Evaluation data: SQuAD-format JSON or JSONL"))
+    test_file: str | None = field(
+        default=None, metadata=_help("Prediction data (do_predict): SQuAD-format JSON or JSONL"))
+    max_seq_length: int = field(default=384, metadata=_help("Tokens per window (question + context)"))
+    doc_stride: int = field(default=128, metadata=_help("Tokens shared by consecutive windows of a long context"))
+    max_train_samples: int | None = field(
+        default=None, metadata=_help("Keep only the first N training examples (not features)"))
+    max_eval_samples: int | None = field(
+        default=None, metadata=_help("Keep only the first N evaluation examples"))
+    max_predict_samples: int | None = field(
+        default=None, metadata=_help("Keep only the first N prediction examples"))
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata=_help("Processes for tokenizing the data (datasets.map num_proc)"))
+    overwrite_cache: bool = field(default=False, metadata=_help("Rebuild cached features"))
     # An answer whose ``answer_start`` does not point at its text is an error by default; set this to
     # drop such examples instead (they are counted and logged, never trained on with a wrong label).
-    skip_misaligned_answers: bool = False
-    version_2_with_negative: bool = False
+    skip_misaligned_answers: bool = field(
+        default=False, metadata=_help("Drop (and count) answers whose answer_start does not match the text "
+                                      "instead of stopping"))
+    version_2_with_negative: bool = field(
+        default=False, metadata=_help("SQuAD v2: some questions have no answer"))
     # --- training ----------------------------------------------------------------------------
-    do_train: bool = True
-    do_eval: bool = True
-    per_device_train_batch_size: int = 12
-    per_device_eval_batch_size: int = 64
-    learning_rate: float = 3e-5
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    num_train_epochs: float = 2.0
-    max_train_steps: int | None = None
-    gradient_accumulation_steps: int = 1
+    do_train: bool = field(default=True, metadata=_help("Train"))
+    do_eval: bool = field(default=True, metadata=_help("Evaluate on validation_file / the dataset's dev split"))
+    do_predict: bool = field(default=False, metadata=_help("Predict on test_file / the dataset's test split"))
+    per_device_train_batch_size: int = field(default=12, metadata=_help("Training windows per process per step"))
+    per_device_eval_batch_size: int = field(default=64, metadata=_help("Evaluation windows per process"))
+    learning_rate: float = field(default=3e-5, metadata=_help("Peak learning rate (AdamW)"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (not on biases and norms)"))
+    adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1"))
+    adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2"))
+    adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm"))
+    num_train_epochs: float = field(default=2.0, metadata=_help("Epochs (may be fractional)"))
+    max_train_steps: int | None = field(
+        default=None, metadata=_help("Optimizer steps; overrides num_train_epochs when set"))
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per optimizer step"))
     # Optional global batch (per_device_train_batch_size x world size x accumulation); when set, the
     # dry run and start-up check that this launch can make it, so a plan written for 8 GPUs cannot
     # silently run with another batch on 4.
-    total_train_batch_size: int | None = None
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    num_warmup_steps: int = 0
-    seed: int = 42
+    total_train_batch_size: int | None = field(
+        default=None, metadata=_help("Expected global batch; the launch must make exactly this many"))
+    # Checked against transformers.SchedulerType by the loader (qa/config/load.py), not here: the enum's
+    # module imports torch, and qa.config must stay light for the launch scripts.
+    lr_scheduler_type: str = field(default="linear", metadata=_help("Learning-rate schedule after warmup"))
+    num_warmup_steps: int = field(default=0, metadata=_help("Linear warmup optimizer steps"))
+    warmup_ratio: float = field(
+        default=0.0, metadata=_help("Warmup as a fraction of all optimizer steps (instead of num_warmup_steps)"))
+    seed: int = field(default=42, metadata=_help("Random seed"))
     # "auto": fp16 where CUDA is present, fp32 elsewhere (fp16 is GPU-only).
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = field(
+        default="auto", metadata=_help("auto: fp16 on CUDA, fp32 elsewhere"))
     # DeepSpeed JSON (batch sizes, precision, optimizer values are "auto" and filled from this config);
-    # null runs plain DDP.
-    deepspeed: str | None = "configs/deepspeed/zero2.json"
-    group_by_length: bool = True
-    dataloader_num_workers: int = 2
-    torch_compile: bool = False
-    tf32: bool = True
-    logging_steps: int = 10
+    # null runs plain DDP. A relative path is found as qa/config/load.py:resolve_repo_path says.
+    deepspeed: str | None = field(
+        default="configs/deepspeed/zero2.json",
+        metadata=_help("DeepSpeed JSON; null runs plain DDP. Relative: the working directory, else the repo"))
+    group_by_length: bool = field(default=True, metadata=_help("Batch windows of similar length together"))
+    dataloader_num_workers: int = field(default=2, metadata=_help("DataLoader worker processes"))
+    torch_compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    tf32: bool = field(default=True, metadata=_help("Allow TF32 matmuls on Ampere+ GPUs"))
+    logging_steps: int = field(default=10, metadata=_help("Log every N optimizer steps"))
     # When to evaluate during training (as HF Trainer's eval_strategy): after each epoch, every
     # `eval_steps` optimizer steps, or only at the end. The end of training is always evaluated.
-    eval_strategy: Literal["epoch", "steps", "end"] = "epoch"
-    eval_steps: int | None = None
+    eval_strategy: Literal["epoch", "steps", "end"] = field(
+        default="epoch", metadata=_help("Evaluate after each epoch, every eval_steps, or only at the end"))
+    eval_steps: int | None = field(default=None, metadata=_help("Evaluate every N steps (eval_strategy steps)"))
     # --- evaluation ---------------------------------------------------------------------------
-    n_best_size: int = 20
-    max_answer_length: int = 30
-    null_score_diff_threshold: float = 0.0
-    save_logits: bool = False
+    n_best_size: int = field(default=20, metadata=_help("Start/end candidates per window when decoding"))
+    max_answer_length: int = field(default=30, metadata=_help("Longest answer span in tokens"))
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata=_help("SQuAD v2: predict no answer when null beats the best span by more"))
+    save_logits: bool = field(default=False, metadata=_help("Also save start/end logits of evaluation"))
     # Also evaluate before the first step (the demo prints EM/F1 before and after training).
-    eval_before_training: bool = False
-    eval_sample_table_size: int = 16
+    eval_before_training: bool = field(default=False, metadata=_help("Also evaluate before the first step"))
+    eval_sample_table_size: int = field(default=16, metadata=_help("Predictions shown in the W&B sample table"))
     # --- outputs, checkpoints, resume ----------------------------------------------------------
-    output_dir: str = "outputs/run"
-    run_name: str | None = None
-    # An int (every N optimizer steps), "epoch", or null (no intermediate checkpoints).
-    checkpointing_steps: int | Literal["epoch"] | None = None
-    save_total_limit: int | None = 3
-    export_every_checkpoint: bool = False
+    output_dir: str = field(default="outputs/run", metadata=_help("Where checkpoints, metrics and the model go"))
+    overwrite_output_dir: bool = field(
+        default=False, metadata=_help("Allow writing into an output_dir that already holds a run"))
+    run_name: str | None = field(default=None, metadata=_help("Run name; null: output_dir's last part"))
+    # An int (every N optimizer steps), "epoch", or null (no intermediate checkpoints). HfArgumentParser
+    # cannot take this Union; the loader parses it as a string and turns digits into an int.
+    checkpointing_steps: int | Literal["epoch"] | None = field(
+        default=None, metadata=_help("Checkpoint every N optimizer steps, every epoch, or never (null)"))
+    save_total_limit: int | None = field(default=3, metadata=_help("Checkpoints kept (oldest removed)"))
+    export_every_checkpoint: bool = field(
+        default=False, metadata=_help("Also export a loadable model with every checkpoint"))
     # null, "auto" (newest complete local checkpoint, else newest in S3), a path, or an s3:// URI.
-    resume_from_checkpoint: str | None = None
-    resume_weights_only: bool = False
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata=_help("auto (newest local, else S3), a checkpoint directory, or an s3:// URI"))
+    resume_weights_only: bool = field(
+        default=False, metadata=_help("Resume model weights only (fresh optimizer, schedule and data order)"))
     # --- S3 ---------------------------------------------------------------------------------------
-    s3_uri: str | None = None
-    s3_create_bucket: bool = False
-    s3_sse: Literal["AES256", "aws:kms"] | None = None
-    s3_sse_kms_key_id: str | None = None
-    s3_upload_timeout: float = 1800.0
+    s3_uri: str | None = field(default=None, metadata=_help("s3://bucket/prefix for checkpoints and the model"))
+    s3_create_bucket: bool = field(default=False, metadata=_help("Create the bucket if missing"))
+    s3_sse: Literal["AES256", "aws:kms"] | None = field(
+        default=None, metadata=_help("Server-side encryption of uploads"))
+    s3_sse_kms_key_id: str | None = field(default=None, metadata=_help("KMS key for s3_sse aws:kms"))
+    s3_upload_timeout: float = field(default=1800.0, metadata=_help("Seconds an upload may take"))
     # --- preemption -------------------------------------------------------------------------------
     # Seconds after SIGTERM/SIGUSR1 within which the checkpoint must be saved and uploaded.
-    preemption_grace_seconds: float = 110.0
+    preemption_grace_seconds: float = field(
+        default=110.0, metadata=_help("Seconds after SIGTERM/SIGUSR1 to save and upload a checkpoint"))
     # --- tracking -------------------------------------------------------------------------------
-    report_to: Literal["wandb", "none"] = "wandb"
-    wandb_project: str = "squad-qa"
-    wandb_entity: str | None = None
-    wandb_tags: list[str] = field(default_factory=list)
-    wandb_group: str | None = None
+    report_to: Literal["wandb", "none"] = field(
+        default="wandb", metadata=_help("Experiment tracker (--with_tracking is --report_to wandb)"))
+    wandb_project: str = field(default="squad-qa", metadata=_help("W&B project"))
+    wandb_entity: str | None = field(default=None, metadata=_help("W&B entity (team or user)"))
+    wandb_tags: list[str] = field(default_factory=list, metadata=_help("W&B tags: --wandb_tags a b"))
+    wandb_group: str | None = field(default=None, metadata=_help("W&B group; null: the run name"))
     # --- planning -------------------------------------------------------------------------------
-    dry_run: bool = False
+    dry_run: bool = field(default=False, metadata=_help("Print the resolved plan and exit; load no weights"))
 
     # Resolved names that other modules use, so they need not repeat the defaulting rules.
     @property
@@ -107,3 +153,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ``--help`` groups: the first key of each section -> its title (the sections above, in order).
+SECTIONS = {
+    "model_name_or_path": "model",
+    "dataset_name": "data",
+    "do_train": "training",
+    "n_best_size": "evaluation",
+    "output_dir": "outputs, checkpoints, resume",
+    "s3_uri": "S3",
+    "preemption_grace_seconds": "preemption",
+    "report_to": "tracking",
+    "dry_run": "planning",
+}

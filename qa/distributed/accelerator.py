@@ -21,6 +21,7 @@ from accelerate.utils import (
 
 from qa.config import TrainConfig
 from qa.errors import ConfigError
+from qa.model.optim import warmup_steps
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def load_deepspeed_config(cfg: TrainConfig, *, world_size: int, precision: str,
     sched = ds.get("scheduler")
     if sched is not None and num_training_steps is not None:
         params = sched.setdefault("params", {})
-        for key, val in (("warmup_num_steps", cfg.num_warmup_steps), ("total_num_steps", num_training_steps),
+        for key, val in (("warmup_num_steps", warmup_steps(cfg, num_training_steps)),
+                         ("total_num_steps", num_training_steps),
                          ("warmup_max_lr", cfg.learning_rate), ("warmup_min_lr", 0.0)):
             if params.get(key, "auto") == "auto":
                 params[key] = val

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -40,10 +41,20 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[st
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon, **fast)
 
 
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """Warmup optimizer steps: num_warmup_steps, or warmup_ratio of ``total_steps`` rounded up (as
+    transformers' TrainingArguments.get_warmup_steps). The one rule for our schedule, DeepSpeed's scheduler
+    values (qa.distributed.accelerator) and the dry run (qa.preflight.report)."""
+    if cfg.warmup_ratio > 0:
+        # round() first: 0.1 * 30 is 3.0000000000000004 in floats, which must stay 3, not become 4.
+        return math.ceil(round(total_steps * cfg.warmup_ratio, 9))
+    return cfg.num_warmup_steps
+
+
 def build_scheduler(cfg: TrainConfig, optimizer: Any, num_training_steps: int,
                     ds_config: dict[str, Any] | None) -> Any:
+    warmup = warmup_steps(cfg, num_training_steps)
     if ds_config is not None and "scheduler" in ds_config:
-        return DummyScheduler(optimizer, total_num_steps=num_training_steps,
-                              warmup_num_steps=cfg.num_warmup_steps)
-    return get_scheduler(cfg.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=cfg.num_warmup_steps,
+        return DummyScheduler(optimizer, total_num_steps=num_training_steps, warmup_num_steps=warmup)
+    return get_scheduler(cfg.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=warmup,
                          num_training_steps=num_training_steps)

@@ -139,8 +139,9 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
                               f"{shape} or remove the scheduler section")
         params = sched.get("params", {})
         warm = params.get("warmup_num_steps", "auto")
+        from_ratio = warm == "auto" and cfg.warmup_ratio > 0  # >= 1 step once the step count is known
         warm = cfg.num_warmup_steps if warm == "auto" else warm
-        if stype in _DS_SCHEDULER_SHAPES and (not isinstance(warm, int) or warm <= 0):
+        if stype in _DS_SCHEDULER_SHAPES and not from_ratio and (not isinstance(warm, int) or warm <= 0):
             raise ConfigError(f"num_warmup_steps: DeepSpeed's {stype} (from {path}) needs warmup_num_steps "
                               f">= 1, got {warm}; set num_warmup_steps to at least 1")
         for key, want, name in (("warmup_num_steps", cfg.num_warmup_steps, "num_warmup_steps"),

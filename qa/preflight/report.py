@@ -152,13 +152,18 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     else:
         row("optimizer steps", "0 (do_train: false)")
     if cfg.do_train:
+        from qa.model.optim import warmup_steps
+
         total = sched.total_steps if sched else cfg.max_train_steps
-        frac = f" ({cfg.num_warmup_steps / total:.1%} of the run)" if total else ""
-        row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, "
-                             f"{cfg.num_warmup_steps:,} warmup step(s){frac}")
-        if total is not None and cfg.num_warmup_steps > total:
-            warnings.append(f"num_warmup_steps ({cfg.num_warmup_steps}) is more than the {total} optimizer "
-                            "steps")
+        if total is None and cfg.warmup_ratio > 0:
+            warm_text = f"warmup_ratio {cfg.warmup_ratio:g} of the (unknown) optimizer steps"
+        else:
+            warm = warmup_steps(cfg, total or 0)
+            frac = f" ({warm / total:.1%} of the run)" if total else ""
+            warm_text = f"{warm:,} warmup step(s){frac}"
+            if total is not None and warm > total:
+                warnings.append(f"num_warmup_steps ({warm}) is more than the {total} optimizer steps")
+        row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, {warm_text}")
     row("evaluation", _eval_line(cfg, sched))
     row("checkpoints", _checkpoint_line(cfg, sched))
     row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "

@@ -78,7 +78,7 @@ def test_launch_info_offload_and_bad_config(capsys: pytest.CaptureFixture,
                       "--deepspeed", "configs/deepspeed/zero3_offload.json"]) == 0
     assert "accelerate_config=configs/accelerate/zero3_offload.yaml" in capsys.readouterr().out
     assert plan_main(["launch-info", "8", "1", "--config", DEMO, "--learning_rat", "1"]) == 2
-    assert "--learning_rat: unknown option" in capsys.readouterr().err
+    assert "unknown key 'learning_rat'; did you mean 'learning_rate'?" in capsys.readouterr().err
 
 
 def test_local_sh_stops_on_a_config_error(tmp_path: Path) -> None:
