@@ -38,6 +38,8 @@ _PUBLIC_TOKEN_NAMES = re.compile(r"^(pad|bos|eos|cls|sep|mask|unk|special|additi
 # Values shorter than this are not scrubbed from text: replacing "1" or "true" everywhere would mangle
 # every log line while protecting nothing a real credential looks like.
 _MIN_ENV_SECRET_LEN = 8
+# The shell's current directories, not passwords: scrubbing them would mangle every saved path.
+_WORKING_DIRECTORY_NAMES = frozenset({"pwd", "oldpwd"})
 
 
 def _name_words(name: str) -> list[str]:
@@ -50,7 +52,7 @@ def _name_words(name: str) -> list[str]:
 def is_secret_name(name: str) -> bool:
     """True if a config key or environment variable name looks like it holds a credential."""
     normalized = "_".join(_name_words(name))
-    if _PUBLIC_TOKEN_NAMES.match(normalized):
+    if _PUBLIC_TOKEN_NAMES.match(normalized) or normalized in _WORKING_DIRECTORY_NAMES:
         return False
     return any(word in _SECRET_WORDS for word in _name_words(name))
 

@@ -274,8 +274,6 @@ def test_save_config_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert load_config(["--config", str(saved)]) == epoch
 
 
-@pytest.mark.xfail(strict=True, reason="qa.tracking.redaction takes PWD for a secret ('pwd' is one of its secret "
-                                       "words) and scrubs the working directory out of every saved path")
 def test_save_config_keeps_paths_under_pwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PWD", str(REPO))  # what a shell sets when train.py is started from the repository
     cfg = load_config(_base())

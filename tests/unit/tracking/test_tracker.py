@@ -136,7 +136,8 @@ def test_format_console_line_odd_values() -> None:
         ("db-password", True), ("passwd", True), ("Authorization", True), ("gcp_credentials", True),
         ("max_tokens", False), ("tokenizer_name", False), ("num_tokens", False), ("keys", False),
         ("pad_token", False), ("eos_token_id", False), ("TOKENIZERS_PARALLELISM", False),
-        ("author", False), ("learning_rate", False), ("monkey", False),
+        ("author", False), ("learning_rate", False), ("monkey", False), ("PWD", False), ("OLDPWD", False),
+        ("db_pwd", True),
     ],
 )
 def test_is_secret_name(name: str, secret: bool) -> None:
