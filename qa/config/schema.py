@@ -79,10 +79,13 @@ class TrainConfig:
     checkpointing_steps: int | Literal["epoch"] | None = None
     save_total_limit: int | None = 3
     export_every_checkpoint: bool = False
-    # null, "auto" (newest complete local checkpoint, else newest in S3), a path, or an s3:// URI.
+    # null, "auto" (newest complete local checkpoint, else newest in the store), a path, or a checkpoint's
+    # s3:// or file:// URI in a store.
     resume_from_checkpoint: str | None = None
     resume_weights_only: bool = False
     # --- S3 ---------------------------------------------------------------------------------------
+    # Where checkpoints and the final model are copied: s3://bucket/prefix, or file:///absolute/path for a
+    # shared or mounted filesystem (e.g. NFS; s3_create_bucket then creates the directory, s3_sse must be null).
     s3_uri: str | None = None
     s3_create_bucket: bool = False
     s3_sse: Literal["AES256", "aws:kms"] | None = None
