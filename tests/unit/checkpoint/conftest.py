@@ -41,7 +41,6 @@ def _s3_backend(request: pytest.FixtureRequest) -> Backend:
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
     store = server.store(f"s3://{bucket}/exp")
-    store.check()
 
     def write_raw(key: str, data: bytes) -> None:
         store.client.put_object(Bucket=bucket, Key=f"exp/{key}", Body=data)

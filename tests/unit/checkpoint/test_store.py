@@ -241,3 +241,16 @@ def test_uploader_runs_then_after_a_successful_upload_only(tmp_path: Path, tree:
     assert store.list_complete("ckpts") == ["a", "c"]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("ZeroDivisionError" in m and "ckpts/c" in m for m in errors)
+
+
+def test_config_accepts_a_file_store_location() -> None:
+    from qa.config.load import from_dict
+    from qa.errors import ConfigError
+
+    base = {"dataset_name": "squad", "do_eval": False}
+    assert from_dict({**base, "s3_uri": "file:///mnt/nfs/ckpts"}, check_files=False).s3_uri == "file:///mnt/nfs/ckpts"
+    for bad in ("file://relative/x", "file:///", "/mnt/nfs/ckpts", "gs://b/x"):
+        with pytest.raises(ConfigError, match="s3_uri"):
+            from_dict({**base, "s3_uri": bad}, check_files=False)
+    with pytest.raises(ConfigError, match="s3_sse"):
+        from_dict({**base, "s3_uri": "file:///mnt/nfs", "s3_sse": "AES256"}, check_files=False)
