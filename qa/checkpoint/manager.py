@@ -2,8 +2,9 @@
 
 Layout: ``output_dir/checkpoints/step_NNNNNNN/`` holds Accelerate/DeepSpeed state, ``trainer_state.json``
 (counters, data-order seed, world size, tracker run id), ``config.yaml`` and, written last, ``COMPLETE``.
-In S3 the same files live under ``<s3_uri>/<run_name>/checkpoints/step_NNNNNNN/`` and a checkpoint exists
-for readers only once its ``manifest.json`` is there (see qa.checkpoint.s3).
+In the store (``s3_uri``: S3 or a shared filesystem) the same files live under
+``<s3_uri>/<run_name>/checkpoints/step_NNNNNNN/`` and a checkpoint exists for readers only once its
+``manifest.json`` is there (see qa.checkpoint.store). ``save_total_limit`` applies to both copies.
 Multi-node runs need ``output_dir`` on a filesystem all nodes share: DeepSpeed writes each rank's shards
 locally and rank 0 uploads the directory."""
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from accelerate.utils import broadcast_object_list
 
+from qa.checkpoint.rotation import checkpoints_to_delete, crash_leftovers, newest_first
 from qa.checkpoint.state import (
     COMPLETE,
     STATE_FILE,
@@ -25,32 +27,43 @@ from qa.checkpoint.state import (
     data_order_key,
     step_name,
 )
+from qa.checkpoint.store import StorageError, Store, open_store
+from qa.checkpoint.uploader import BackgroundUploader
 from qa.config import TrainConfig, save_config
 from qa.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-
 class Checkpointer:
-    """Owns the local checkpoint directory and, on rank 0, the S3 store and its background uploader."""
+    """Owns the local checkpoint directory and, on rank 0, the store and its background uploader.
 
-    def __init__(self, cfg: TrainConfig, accelerator: Any, store: Any | None = None,
-                 uploader: Any | None = None) -> None:
+    Only :meth:`save`, :meth:`resolve` and :meth:`load` need the accelerator; :meth:`publish` and
+    :meth:`find_resume` are rank 0's share of them and work without one.
+    """
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any, store: Store | None = None,
+                 uploader: BackgroundUploader | None = None) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
         self.root = Path(cfg.output_dir) / "checkpoints"
         self.store = store
         self.uploader = uploader
         self.run_prefix = cfg.resolved_run_name
+        self.store_prefix = f"{self.run_prefix}/checkpoints"  # this run's checkpoints in the store
+        self.resumed_from: str | None = None  # name of this run's checkpoint we resumed from: never rotated away
         self.last_save_s: float | None = None
         self.last_saved_step: int | None = None
 
-    # -- S3 naming ----------------------------------------------------------------------------------------
+    # -- store naming ---------------------------------------------------------------------------------------
     def s3_uri_for(self, rel: str) -> str | None:
-        if self.cfg.s3_uri is None:
+        """URI in the store of ``rel`` (relative to this run), None without a store."""
+        if self.store is None:
             return None
-        return f"{self.cfg.s3_uri.rstrip('/')}/{self.run_prefix}/{rel}"
+        return self.store.uri_for(f"{self.run_prefix}/{rel}")
+
+    def _checkpoint_uri(self, name: str) -> str | None:
+        return self.s3_uri_for(f"checkpoints/{name}")
 
     # -- save -----------------------------------------------------------------------------------------------
     def save(self, state: TrainState, *, export: Any | None = None) -> Path:
@@ -71,31 +84,51 @@ class Checkpointer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (path / COMPLETE).write_text(f"{state.global_step}\n")
-            self._rotate()
-            if self.uploader is not None:
-                self.uploader.submit(str(path), f"{self.run_prefix}/checkpoints/{path.name}",
-                                     metadata={"global_step": state.global_step, "epoch": state.epoch})
+            self.publish(path, state)
         acc.wait_for_everyone()
         self.last_save_s = time.perf_counter() - t0
         logger.info("checkpoint %s saved in %.2fs", path, self.last_save_s)
         return path
 
-    def _rotate(self) -> None:
-        limit = self.cfg.save_total_limit
-        if limit is None:
+    def publish(self, path: Path, state: TrainState) -> None:
+        """Rank 0, once ``path`` is complete: rotate local checkpoints and queue the upload, after which the
+        uploader's thread rotates the store (training never waits for either the upload or the deletions)."""
+        self._rotate_local()
+        if self.uploader is not None:
+            self.uploader.submit(str(path), f"{self.store_prefix}/{path.name}",
+                                 metadata={"global_step": state.global_step, "epoch": state.epoch},
+                                 then=self._rotate_store)
+
+    def _pending_names(self, names: list[str]) -> set[str]:
+        """Which of these checkpoints still wait for their upload."""
+        if self.uploader is None:
+            return set()
+        pending = set(self.uploader.pending())
+        return {name for name in names if self._checkpoint_uri(name) in pending}
+
+    def _rotate_local(self) -> None:
+        if self.cfg.save_total_limit is None:
             return
-        done = complete_checkpoints(self.root)
-        newest = done[-1] if done else None
-        # A checkpoint still waiting for its upload is kept: deleting it would lose it in S3 too.
-        uploading = set(self.uploader.pending()) if self.uploader is not None else set()
-        for old in done[:-limit]:
-            if self.s3_uri_for(f"checkpoints/{old.name}") in uploading:
-                continue
-            shutil.rmtree(old, ignore_errors=True)
-        # Partial directories older than the newest complete one are crash leftovers.
-        for p in self.root.glob("step_*"):
-            if newest is not None and p.name < newest.name and not (p / COMPLETE).exists():
-                shutil.rmtree(p, ignore_errors=True)
+        done = [p.name for p in complete_checkpoints(self.root)]
+        # A checkpoint still waiting for its upload is kept: deleting it would lose it in the store too.
+        for name in checkpoints_to_delete(done, self.cfg.save_total_limit, self._pending_names(done)):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        incomplete = [p.name for p in self.root.glob("step_*") if not (p / COMPLETE).exists()]
+        for name in crash_leftovers(incomplete, done[-1] if done else None):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def _rotate_store(self) -> None:
+        """On the uploader's thread, after a checkpoint's manifest landed: delete older ones beyond the limit."""
+        limit = self.cfg.save_total_limit
+        if self.store is None or limit is None:
+            return
+        names = self.store.list_complete(self.store_prefix)
+        protected = self._pending_names(names)
+        if self.resumed_from is not None:
+            protected.add(self.resumed_from)
+        for name in checkpoints_to_delete(names, limit, protected):
+            self.store.delete_prefix(f"{self.store_prefix}/{name}")  # manifest first
+            logger.info("deleted %s from the store (save_total_limit %d)", self._checkpoint_uri(name), limit)
 
     def upload_final(self, final_dir: Path) -> None:
         if self.uploader is not None and self.accelerator.is_main_process:
@@ -107,13 +140,14 @@ class Checkpointer:
 
     # -- resume ---------------------------------------------------------------------------------------------
     def resolve(self, spec: str | None) -> Path | None:
-        """Find (and fetch from S3 if needed) the checkpoint to resume from. Collective; same answer on all ranks."""
+        """Find (and fetch from the store if needed) the checkpoint to resume from. Collective; same answer on
+        all ranks."""
         if spec is None:
             return None
         result: list[Any] = [None]
         if self.accelerator.is_main_process:
             try:
-                found = self._resolve_main(spec)
+                found = self.find_resume(spec)
                 result = [str(found) if found is not None else None]
             except Exception as e:  # noqa: BLE001 - re-raised on every rank below
                 result = [f"ERROR: {e}"]
@@ -123,7 +157,17 @@ class Checkpointer:
             raise ConfigError(f"resume_from_checkpoint: {value[7:]}")
         return Path(value) if value is not None else None
 
-    def _resolve_main(self, spec: str) -> Path | None:
+    def find_resume(self, spec: str) -> Path | None:
+        """Rank 0's part of :meth:`resolve` (no collective): the local checkpoint directory to resume from.
+
+        ``auto``: the newest complete local checkpoint, else the newest one in the store that downloads intact.
+        ``s3://...`` or ``file://...``: that checkpoint of a store, downloaded. Else a local directory."""
+        found = self._find_resume(spec)
+        if found is not None and found.parent.resolve() == self.root.resolve():
+            self.resumed_from = found.name
+        return found
+
+    def _find_resume(self, spec: str) -> Path | None:
         if spec == "auto":
             local = complete_checkpoints(self.root)
             if local:
@@ -131,42 +175,41 @@ class Checkpointer:
             if self.store is None:
                 logger.info("resume_from_checkpoint=auto: no complete checkpoint yet; starting fresh")
                 return None
-            return self._fetch_newest_from_s3()
-        if spec.startswith("s3://"):
+            return self._fetch_newest_from_store()
+        if spec.startswith(("s3://", "file://")):
             return self._fetch_uri(spec)
         p = Path(spec)
         if not (p / COMPLETE).is_file():
             raise ConfigError(f"{p} is not a complete checkpoint (no {COMPLETE} marker)")
         return p
 
-    def _fetch_newest_from_s3(self) -> Path | None:
-        from qa.checkpoint.s3 import StorageError
-
-        prefix = f"{self.run_prefix}/checkpoints"
-        names = self.store.list_complete(prefix)
+    def _fetch_newest_from_store(self) -> Path | None:
+        assert self.store is not None
         # Newest first; a corrupted object makes us fall back to the previous checkpoint.
-        for name in sorted(names, reverse=True):
+        for name in newest_first(self.store.list_complete(self.store_prefix)):
             dest = self.root / name
             shutil.rmtree(dest, ignore_errors=True)  # an incomplete local copy is never trusted
             try:
-                self.store.download_dir(f"{prefix}/{name}", str(dest))
+                self.store.download_dir(f"{self.store_prefix}/{name}", str(dest))
             except StorageError as e:
                 logger.error("refusing checkpoint %s: %s; trying the previous one", name, e)
                 shutil.rmtree(dest, ignore_errors=True)
                 continue
             if not (dest / COMPLETE).is_file():
-                logger.error("checkpoint %s from S3 has no %s marker; trying the previous one", name, COMPLETE)
+                logger.error("checkpoint %s from the store has no %s marker; trying the previous one", name,
+                             COMPLETE)
                 continue
-            logger.info("resuming from %s (downloaded from S3)", self.s3_uri_for(f"checkpoints/{name}"))
+            logger.info("resuming from %s (downloaded from the store)", self._checkpoint_uri(name))
             return dest
-        logger.info("resume_from_checkpoint=auto: nothing local or in S3; starting fresh")
+        logger.info("resume_from_checkpoint=auto: nothing local or in the store; starting fresh")
         return None
 
     def _fetch_uri(self, uri: str) -> Path:
-        from qa.checkpoint.s3 import S3Store
-
-        bucket_uri, _, name = uri.rstrip("/").rpartition("/")
-        store = S3Store(bucket_uri)
+        location, _, name = uri.rstrip("/").rpartition("/")
+        try:
+            store = open_store(location)
+        except ValueError as e:
+            raise ConfigError(f"{uri} is not a checkpoint in a store: {e}") from e
         dest = self.root / name
         shutil.rmtree(dest, ignore_errors=True)
         store.download_dir(name, str(dest))

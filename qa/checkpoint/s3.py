@@ -1,13 +1,10 @@
-"""Checkpoint storage on S3 (AWS or any S3-compatible server such as SeaweedFS / MinIO).
+"""Checkpoint storage on S3 (AWS or any S3-compatible server such as SeaweedFS / MinIO): a ``Store``.
 
 This is the only module that imports boto3/botocore. Endpoint, region and credentials come from
 the standard boto3 chain: AWS_* environment variables (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 are
 honoured natively by boto3 >= 1.28), shared config/credentials files, instance/IRSA roles.
 
-Layout: a directory uploaded to ``<prefix>/<key_prefix>/`` is only considered to exist once
-``<prefix>/<key_prefix>/manifest.json`` is there. The manifest is written last, after every
-file was uploaded and verified, so a crash or outage mid-upload leaves no half checkpoint that a
-reader could pick up.
+Layout and manifest-last semantics are those of every store (qa.checkpoint.store).
 
 Integrity (works against both AWS S3 and SeaweedFS, verified against ``weed mini`` 4.x):
   * every PUT / UploadPart carries an ``x-amz-checksum-sha256`` of its body
@@ -24,17 +21,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +35,18 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-logger = logging.getLogger(__name__)
+from qa.checkpoint.store import (
+    MANIFEST_NAME,
+    CorruptObjectError,
+    MiB,
+    StorageError,
+    fetch_dir,
+    key_parts,
+    parse_manifest,
+    publish_dir,
+)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
-MiB = 1024 * 1024
+logger = logging.getLogger(__name__)
 
 _SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 _CREDENTIAL_ERRORS = {
@@ -62,22 +60,6 @@ _CREDENTIAL_ERRORS = {
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
-
-
-class StorageError(RuntimeError):
-    """An S3 operation failed; the message is safe to log (it never contains credentials)."""
-
-
-class CorruptObjectError(StorageError):
-    """An object's size or SHA-256 does not match what was uploaded."""
-
-
-class UploadError(StorageError):
-    """Background uploads did not all reach S3; ``missing`` lists their s3:// URIs."""
-
-    def __init__(self, message: str, missing: list[str]) -> None:
-        super().__init__(message)
-        self.missing = missing
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -95,20 +77,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         raise ValueError(f"S3 prefix must not contain empty, '.' or '..' segments: {uri!r}")
     return bucket, prefix
-
-
-def _join(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p.strip("/"))
-
-
-def _hash_file(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _error_code(exc: BaseException) -> str:
@@ -192,7 +160,7 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key_prefix)}".rstrip("/")
 
     def _key(self, *parts: str) -> str:
-        return _join(self.prefix, *parts)
+        return "/".join(key_parts(self.prefix, *parts))
 
     def _sse_args(self) -> dict[str, str]:
         args: dict[str, str] = {}
@@ -206,7 +174,7 @@ class S3Store:
         """ExtraArgs passed to boto3's managed upload for each file (exposed for tests)."""
         return {**self._sse_args(), "ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256_hex}}
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         # Belt and braces: our messages are built from error codes, never from the client config,
         # but a server could echo anything back, so scrub whatever secret we hold.
         creds = self._session.get_credentials()
@@ -225,7 +193,7 @@ class S3Store:
         except StorageError:
             raise
         except _BOTO_ERRORS as e:
-            raise StorageError(self._redact(f"{what} failed: {e}")) from e
+            raise StorageError(self.redact(f"{what} failed: {e}")) from e
 
     # -- start-up validation -----------------------------------------------------------------
 
@@ -245,12 +213,12 @@ class S3Store:
             code = _error_code(e)
             message = e.response.get("Error", {}).get("Message", "")
             if code in _CREDENTIAL_ERRORS:
-                raise StorageError(self._redact(
+                raise StorageError(self.redact(
                     f"S3 credentials were rejected for {where}: {code}: {message} "
                     "(check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the AWS profile)"
                 )) from e
             if code != "NoSuchBucket":
-                raise StorageError(self._redact(f"cannot list s3://{self.bucket}/{self.prefix} ({where}): "
+                raise StorageError(self.redact(f"cannot list s3://{self.bucket}/{self.prefix} ({where}): "
                                                 f"{code}: {message}")) from e
             if not self.create_bucket:
                 raise StorageError(
@@ -258,7 +226,7 @@ class S3Store:
                 ) from e
             self._create_bucket()
         except _BOTO_ERRORS as e:
-            raise StorageError(self._redact(f"cannot reach S3 {where}: {e}")) from e
+            raise StorageError(self.redact(f"cannot reach S3 {where}: {e}")) from e
         self._probe_write()
 
     def _create_bucket(self) -> None:
@@ -271,7 +239,7 @@ class S3Store:
             self.client.create_bucket(**kwargs)
         except botocore.exceptions.ClientError as e:
             if _error_code(e) != "BucketAlreadyOwnedByYou":
-                raise StorageError(self._redact(f"cannot create bucket {self.bucket!r}: {e}")) from e
+                raise StorageError(self.redact(f"cannot create bucket {self.bucket!r}: {e}")) from e
         logger.info("created S3 bucket %s at %s", self.bucket, self.endpoint_url)
 
     def _probe_write(self) -> None:
@@ -296,15 +264,13 @@ class S3Store:
 
         ``progress`` receives byte counts as they are sent (from transfer threads).
         """
-        t0 = time.monotonic()
-        root = Path(local_dir)
-        if not root.is_dir():
-            raise StorageError(f"not a directory: {root}")
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_NAME)
-        entries: dict[str, dict[str, Any]] = {}
-        for path in files:
-            rel = path.relative_to(root).as_posix()
-            size, digest = _hash_file(path)
+        manifest_key = self._key(key_prefix, MANIFEST_NAME)
+
+        def drop_manifest() -> None:
+            with self._errors(f"deleting s3://{self.bucket}/{manifest_key}"):
+                self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
+
+        def put_file(path: Path, rel: str, size: int, digest: str) -> None:
             key = self._key(key_prefix, rel)
             with self._errors(f"upload of {path} to s3://{self.bucket}/{key}"):
                 self.client.upload_file(
@@ -312,27 +278,16 @@ class S3Store:
                     ExtraArgs=self.upload_extra_args(digest), Config=self.transfer_config, Callback=progress,
                 )
                 self._verify_remote(key, size, digest)
-            entries[rel] = {"size": size, "sha256": digest}
 
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "created": datetime.now(timezone.utc).isoformat(),
-            "files": entries,
-            "metadata": dict(metadata or {}),
-        }
-        body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-        if self._redact(body.decode()) != body.decode():
-            raise StorageError("refusing to write a manifest that contains the S3 secret key (check metadata)")
-        key = self._key(key_prefix, MANIFEST_NAME)
-        with self._errors(f"upload of s3://{self.bucket}/{key}"):
-            self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
-                ChecksumAlgorithm="SHA256", **self._sse_args(),
-            )
-        total = sum(e["size"] for e in entries.values())
-        logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB,
-                    self.uri_for(key_prefix), time.monotonic() - t0)
-        return manifest
+        def put_manifest(body: bytes) -> None:
+            with self._errors(f"upload of s3://{self.bucket}/{manifest_key}"):
+                self.client.put_object(
+                    Bucket=self.bucket, Key=manifest_key, Body=body, ContentType="application/json",
+                    ChecksumAlgorithm="SHA256", **self._sse_args(),
+                )
+
+        return publish_dir(local_dir, metadata, label=self.uri_for(key_prefix), drop_manifest=drop_manifest,
+                           put_file=put_file, put_manifest=put_manifest, redact=self.redact)
 
     def _verify_remote(self, key: str, size: int, sha256_hex: str) -> None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
@@ -360,16 +315,10 @@ class S3Store:
         except botocore.exceptions.ClientError as e:
             if _error_code(e) in ("NoSuchKey", "404"):
                 raise StorageError(f"no complete upload at {self.uri_for(key_prefix)} (no {MANIFEST_NAME})") from e
-            raise StorageError(self._redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
+            raise StorageError(self.redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
         except _BOTO_ERRORS as e:
-            raise StorageError(self._redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
-        try:
-            manifest = json.loads(body)
-        except ValueError:
-            manifest = None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            raise CorruptObjectError(f"s3://{self.bucket}/{key} is not a valid manifest")
-        return manifest
+            raise StorageError(self.redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
+        return parse_manifest(body, f"s3://{self.bucket}/{key}")
 
     def list_complete(self, key_prefix: str = "") -> list[str]:
         """Sorted names of the direct sub-prefixes of ``key_prefix`` that have a manifest."""
@@ -394,51 +343,23 @@ class S3Store:
             return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
 
     def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
-        """Download a complete upload into ``local_dir`` (must not exist or be empty), verified.
-
-        Files land in a temporary sibling directory that is renamed into place only when every
-        file matched its manifest entry, so ``local_dir`` is either complete or absent.
-        """
-        t0 = time.monotonic()
-        dest = Path(local_dir)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise StorageError(f"download target {dest} already exists and is not an empty directory")
+        """Download a complete upload into ``local_dir`` (must not exist or be empty), verified."""
         manifest = self.read_manifest(key_prefix)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the checkpoint should look like any other dir
-        try:
-            for rel, info in manifest["files"].items():
-                target = (tmp / rel).resolve()
-                if not target.is_relative_to(tmp.resolve()):
-                    raise CorruptObjectError(f"manifest of {self.uri_for(key_prefix)} has an unsafe path {rel!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                key = self._key(key_prefix, rel)
-                with self._errors(f"download of s3://{self.bucket}/{key}"):
-                    self.client.download_file(self.bucket, key, str(target), Config=self.transfer_config)
-                size, digest = _hash_file(target)
-                if size != info["size"] or digest != info["sha256"]:
-                    raise CorruptObjectError(
-                        f"s3://{self.bucket}/{key} is corrupt: expected size {info['size']} sha256 "
-                        f"{info['sha256']}, got size {size} sha256 {digest}"
-                    )
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            if dest.exists():
-                dest.rmdir()
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        logger.info("downloaded and verified %d files from %s to %s in %.1fs", len(manifest["files"]),
-                    self.uri_for(key_prefix), dest, time.monotonic() - t0)
-        return manifest
+
+        def get_file(rel: str, target: Path) -> None:
+            key = self._key(key_prefix, rel)
+            with self._errors(f"download of s3://{self.bucket}/{key}"):
+                self.client.download_file(self.bucket, key, str(target), Config=self.transfer_config)
+
+        return fetch_dir(manifest, local_dir, label=self.uri_for(key_prefix), get_file=get_file,
+                         where=lambda rel: f"s3://{self.bucket}/{self._key(key_prefix, rel)}")
 
     def delete_prefix(self, key_prefix: str) -> int:
         """Delete every object under ``key_prefix`` (e.g. an old checkpoint); returns how many."""
+        if not key_parts(key_prefix):
+            raise ValueError("refusing to delete the whole store: give a non-empty key prefix")
         base = self._key(key_prefix)
-        if not base:
-            raise ValueError("refusing to delete the whole bucket: give a non-empty key prefix")
-        manifest_key = _join(base, MANIFEST_NAME)
+        manifest_key = f"{base}/{MANIFEST_NAME}"
         with self._errors(f"deleting s3://{self.bucket}/{base}/"):
             keys = [
                 obj["Key"]
@@ -454,5 +375,3 @@ class S3Store:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
-
-# -- background uploads ------------------------------------------------------------------------

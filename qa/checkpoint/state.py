@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from qa.config import TrainConfig
 
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+_STEP_RE = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -51,8 +53,15 @@ def step_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
+def step_of(name: str) -> int | None:
+    """The step of a checkpoint named by :func:`step_name`; None for any other name."""
+    match = _STEP_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
 def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete local checkpoints, oldest first."""
+    """Complete local checkpoints, oldest step first (by number: names stop sorting by step past 10M)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if (p / COMPLETE).is_file())
+    found = [p for p in root.glob("step_*") if step_of(p.name) is not None and (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: step_of(p.name) or 0)

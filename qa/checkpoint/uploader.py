@@ -8,15 +8,14 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qa.checkpoint.s3 import S3Store, StorageError, UploadError
+from qa.checkpoint.store import StorageError, Store, UploadError
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -25,20 +24,21 @@ class _Job:
     key_prefix: str
     metadata: dict[str, Any] | None
     uri: str
+    then: Callable[[], None] | None = None
     attempts: int = field(default=0)
 
 
 class BackgroundUploader:
     """Uploads directories on one worker thread, in submission order, retrying with backoff.
 
-    Training never blocks and never crashes because of S3: failures are logged and retried with
+    Training never blocks and never crashes because of the store: failures are logged and retried with
     exponential backoff and full jitter until ``deadline_s`` after the first attempt (or
     ``max_attempts``), then recorded; :meth:`wait` reports what is missing.
     """
 
     def __init__(
         self,
-        store: S3Store,
+        store: Store,
         *,
         deadline_s: float = 3600.0,
         max_attempts: int | None = None,
@@ -55,12 +55,18 @@ class BackgroundUploader:
         self._failed: list[str] = []
         self._done: list[str] = []
         self._closed = threading.Event()  # also interrupts backoff sleeps
-        self._thread = threading.Thread(target=self._run, name="s3-uploader", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="checkpoint-uploader", daemon=True)
         self._thread.start()
 
-    def submit(self, local_dir: str | os.PathLike[str], key_prefix: str, metadata: Mapping[str, Any] | None = None) -> str:
-        """Queue ``local_dir`` for upload to ``key_prefix``; returns its s3:// URI at once."""
-        job = _Job(Path(local_dir), key_prefix, dict(metadata) if metadata else None, self.store.uri_for(key_prefix))
+    def submit(self, local_dir: str | os.PathLike[str], key_prefix: str, metadata: Mapping[str, Any] | None = None,
+               *, then: Callable[[], None] | None = None) -> str:
+        """Queue ``local_dir`` for upload to ``key_prefix``; returns its URI at once.
+
+        ``then`` runs on the worker thread after the upload succeeded (e.g. rotating old uploads away), while
+        the job still counts as pending, so :meth:`wait` waits for it too; its errors are logged, not raised.
+        """
+        job = _Job(Path(local_dir), key_prefix, dict(metadata) if metadata else None, self.store.uri_for(key_prefix),
+                   then)
         with self._cond:
             if self._closed.is_set():
                 raise StorageError("BackgroundUploader is closed")
@@ -90,7 +96,7 @@ class BackgroundUploader:
             self._cond.wait_for(lambda: not self._queue, timeout=timeout_s)
             missing = self._failed + [j.uri for j in self._queue]
         if missing:
-            raise UploadError(f"{len(missing)} upload(s) did not reach S3: {', '.join(missing)}", missing)
+            raise UploadError(f"{len(missing)} upload(s) did not reach the checkpoint store: {', '.join(missing)}", missing)
 
     def close(self, timeout_s: float | None = 30.0) -> None:
         """Stop the worker; queued uploads are abandoned (call :meth:`wait` first to flush)."""
@@ -116,10 +122,19 @@ class BackgroundUploader:
                 # The head stays queued while in progress, so pending()/wait() still count it.
                 job = self._queue[0]
             ok = self._upload_with_retries(job)
+            if ok and job.then is not None:
+                self._after(job)
             with self._cond:
                 self._queue.popleft()
                 (self._done if ok else self._failed).append(job.uri)
                 self._cond.notify_all()
+
+    def _after(self, job: _Job) -> None:
+        try:
+            job.then()  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001 - the upload itself is done; training must go on
+            error = str(e) if isinstance(e, StorageError) else self.store.redact(f"{type(e).__name__}: {e}")
+            logger.error("after uploading %s: %s", job.uri, error)
 
     def _upload_with_retries(self, job: _Job) -> bool:
         started = time.monotonic()
@@ -128,8 +143,8 @@ class BackgroundUploader:
             try:
                 self.store.upload_dir(job.local_dir, job.key_prefix, job.metadata)
                 return True
-            except Exception as e:  # never let an S3 problem escape into training
-                error = str(e) if isinstance(e, StorageError) else self.store._redact(f"{type(e).__name__}: {e}")
+            except Exception as e:  # never let a storage problem escape into training
+                error = str(e) if isinstance(e, StorageError) else self.store.redact(f"{type(e).__name__}: {e}")
                 if not job.local_dir.is_dir():
                     # Deleted locally (e.g. checkpoint rotation): retrying cannot help, and it would
                     # hold up every later upload until the deadline.

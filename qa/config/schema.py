@@ -120,13 +120,17 @@ class TrainConfig:
     save_total_limit: int | None = field(default=3, metadata=_help("Checkpoints kept (oldest removed)"))
     export_every_checkpoint: bool = field(
         default=False, metadata=_help("Also export a loadable model with every checkpoint"))
-    # null, "auto" (newest complete local checkpoint, else newest in S3), a path, or an s3:// URI.
+    # null, "auto" (newest complete local checkpoint, else newest in the store), a path, or a checkpoint's
+    # s3:// or file:// URI in a store.
     resume_from_checkpoint: str | None = field(
-        default=None, metadata=_help("auto (newest local, else S3), a checkpoint directory, or an s3:// URI"))
+        default=None, metadata=_help("auto (newest local, else the store), a checkpoint directory, or an s3:// URI"))
     resume_weights_only: bool = field(
         default=False, metadata=_help("Resume model weights only (fresh optimizer, schedule and data order)"))
     # --- S3 ---------------------------------------------------------------------------------------
-    s3_uri: str | None = field(default=None, metadata=_help("s3://bucket/prefix for checkpoints and the model"))
+    # Where checkpoints and the final model are copied: s3://bucket/prefix, or file:///absolute/path for a
+    # shared or mounted filesystem (e.g. NFS; s3_create_bucket then creates the directory, s3_sse must be null).
+    s3_uri: str | None = field(
+        default=None, metadata=_help("s3://bucket/prefix (or file:///abs/path) for checkpoints and the model"))
     s3_create_bucket: bool = field(default=False, metadata=_help("Create the bucket if missing"))
     s3_sse: Literal["AES256", "aws:kms"] | None = field(
         default=None, metadata=_help("Server-side encryption of uploads"))

@@ -105,11 +105,11 @@ def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:
     """Rank 0 checks the bucket at start-up (bad credentials or a missing bucket fail before training)."""
     if cfg.s3_uri is None:
         return None, None
-    from qa.checkpoint.s3 import S3Store, StorageError
+    from qa.checkpoint.store import StorageError, open_store
     from qa.checkpoint.uploader import BackgroundUploader
 
-    store = S3Store(cfg.s3_uri, sse=cfg.s3_sse, sse_kms_key_id=cfg.s3_sse_kms_key_id,
-                    create_bucket=cfg.s3_create_bucket)
+    store = open_store(cfg.s3_uri, sse=cfg.s3_sse, sse_kms_key_id=cfg.s3_sse_kms_key_id,
+                       create_bucket=cfg.s3_create_bucket)
 
     def check() -> None:
         try:

@@ -1,4 +1,4 @@
-"""qa.storage against a real SeaweedFS server: no mocks, the server is stopped and killed for real."""
+"""qa.checkpoint.s3 against a real SeaweedFS server: no mocks, the server is stopped and killed for real."""
 
 from __future__ import annotations
 
@@ -14,14 +14,8 @@ from typing import Any
 
 import pytest
 
-from qa.checkpoint.s3 import (
-    MANIFEST_NAME,
-    CorruptObjectError,
-    S3Store,
-    StorageError,
-    UploadError,
-    parse_s3_uri,
-)
+from qa.checkpoint.s3 import S3Store, parse_s3_uri
+from qa.checkpoint.store import MANIFEST_NAME, CorruptObjectError, StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
 from s3_fixtures import SECRET_SENTINEL, S3TestServer
 
@@ -187,7 +181,7 @@ def test_background_upload_survives_outage(
     store = server.store(f"s3://{s3_bucket}/exp", retry_attempts=1, connect_timeout_s=2)
     src = make_checkpoint(tmp_path / "step_0000300")
     server.stop()
-    caplog.set_level(logging.WARNING, logger="qa.storage")
+    caplog.set_level(logging.WARNING, logger="qa.checkpoint")
 
     with BackgroundUploader(store, deadline_s=60, base_delay_s=0.05, max_delay_s=0.5) as uploader:
         t0 = time.monotonic()

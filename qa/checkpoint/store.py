@@ -1,0 +1,280 @@
+"""Where checkpoint copies live: the ``Store`` protocol every backend implements, the manifest they share,
+their error types, and ``open_store`` to pick a backend from a location.
+
+A directory uploaded to ``<location>/<key_prefix>/`` exists for readers only once
+``<key_prefix>/manifest.json`` is there. The manifest (size and SHA-256 of every file, plus free-form
+metadata) is written last, after every file was written and verified, so a crash or outage mid-upload
+leaves nothing a reader could pick up; an upload to a prefix that already has one drops it first, and a
+deletion removes it first. Readers trust nothing but the manifest: every downloaded file is re-hashed.
+
+Backends: ``s3://bucket/prefix`` (qa.checkpoint.s3, the only boto3 importer) and ``file:///abs/path`` or an
+absolute path (qa.checkpoint.local: a local or mounted filesystem such as NFS)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+MiB = 1024 * 1024
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StorageError(RuntimeError):
+    """A store operation failed; the message is safe to log (it never contains credentials)."""
+
+
+class CorruptObjectError(StorageError):
+    """An object's size or SHA-256 does not match its manifest, or a manifest is malformed."""
+
+
+class UploadError(StorageError):
+    """Background uploads did not all reach the store; ``missing`` lists their URIs."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class Store(Protocol):
+    """Directory trees under one location, published with a manifest. ``key_prefix`` is relative to it.
+
+    Implementations are thread-safe: uploads run on a background thread while training reads names.
+    """
+
+    @property
+    def uri(self) -> str: ...
+
+    def uri_for(self, key_prefix: str) -> str:
+        """The URI of ``key_prefix`` (for messages, logs and the tracker)."""
+        ...
+
+    def check(self) -> None:
+        """Fail fast with an actionable StorageError if the location is unusable (call at start-up)."""
+        ...
+
+    def upload_dir(self, local_dir: str | os.PathLike[str], key_prefix: str,
+                   metadata: Mapping[str, Any] | None = None, *,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Write and verify every file of ``local_dir``, then the manifest (last); returns the manifest."""
+        ...
+
+    def read_manifest(self, key_prefix: str) -> dict[str, Any]:
+        """The manifest of a complete upload; StorageError if there is none."""
+        ...
+
+    def list_complete(self, key_prefix: str = "") -> list[str]:
+        """Sorted names of the direct sub-prefixes of ``key_prefix`` that have a manifest."""
+        ...
+
+    def list_keys(self, key_prefix: str = "") -> list[str]:
+        """Sorted keys of every object under ``key_prefix``, complete or not, relative to the location."""
+        ...
+
+    def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Fetch a complete upload into ``local_dir`` (absent or empty); CorruptObjectError names a bad object."""
+        ...
+
+    def delete_prefix(self, key_prefix: str) -> int:
+        """Delete everything under ``key_prefix``, manifest first; returns how many objects."""
+        ...
+
+    def redact(self, text: str) -> str:
+        """``text`` with any secret this store holds replaced by ``***``."""
+        ...
+
+
+def open_store(uri: str, **s3_options: Any) -> Store:
+    """The backend for ``uri``: ``s3://bucket/prefix`` or ``file:///abs/path`` / an absolute path.
+
+    ``s3_options`` go to S3Store; for a filesystem only ``create_bucket`` means something (create the directory).
+    """
+    if uri.startswith("s3://"):
+        from qa.checkpoint.s3 import S3Store  # boto3 is loaded only when S3 is used
+
+        return S3Store(uri, **s3_options)
+    from qa.checkpoint.local import LocalStore
+
+    root = local_path(uri)
+    create = bool(s3_options.pop("create_bucket", False))
+    unused = sorted(k for k, v in s3_options.items() if v is not None)
+    if unused:
+        raise ValueError(f"{', '.join(unused)} only apply to s3:// locations, not {uri!r}")
+    return LocalStore(root, create=create)
+
+
+def local_path(uri: str) -> Path:
+    """The directory named by ``file:///abs/path`` or ``/abs/path``; ValueError for anything else."""
+    if uri.startswith("file:"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ValueError(f"expected file:///absolute/path (no host, query or fragment), got {uri!r}")
+        path = unquote(parts.path)
+    else:
+        path = uri
+    if not path or not os.path.isabs(path):
+        raise ValueError(f"not a store location (expected s3://bucket/prefix, file:///absolute/path or an "
+                         f"absolute path): {uri!r}")
+    return Path(path)
+
+
+def key_parts(*prefixes: str) -> list[str]:
+    """The path segments of ``prefixes`` joined; ValueError on '.' or '..' (a key must never leave its root)."""
+    parts = [p for prefix in prefixes for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"key must not contain '.' or '..' segments: {'/'.join(prefixes)!r}")
+    return parts
+
+
+# -- the manifest: built, validated and checked here only ---------------------------------------------
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def files_to_upload(root: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, path) of every file under ``root``, sorted; a manifest there is not data."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [(p.relative_to(root).as_posix(), p) for p in files if p.relative_to(root).as_posix() != MANIFEST_NAME]
+
+
+def build_manifest(entries: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The manifest of files ``{rel: {"size", "sha256"}}`` plus free-form metadata."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "files": {rel: dict(info) for rel, info in entries.items()},
+        "metadata": dict(metadata or {}),
+    }
+
+
+def manifest_body(manifest: Mapping[str, Any], redact: Callable[[str], str]) -> bytes:
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    if redact(text) != text:
+        raise StorageError("refusing to write a manifest that contains a secret of the store (check metadata)")
+    return text.encode()
+
+
+def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """``manifest`` if well formed (safe relative paths, sizes, SHA-256 digests); CorruptObjectError otherwise."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CorruptObjectError(f"{where} is not a valid manifest")
+    if manifest.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+        raise StorageError(f"{where} has manifest format {manifest.get('format')!r}; this version reads "
+                           f"{MANIFEST_FORMAT}")
+    for rel, info in manifest["files"].items():
+        segments = rel.split("/") if isinstance(rel, str) else [""]
+        if rel == MANIFEST_NAME or any(s in ("", ".", "..") for s in segments):
+            raise CorruptObjectError(f"manifest {where} has an unsafe path {rel!r}")
+        ok = (isinstance(info, dict) and type(info.get("size")) is int and info["size"] >= 0
+              and isinstance(info.get("sha256"), str) and _SHA256_RE.match(info["sha256"]))
+        if not ok:
+            raise CorruptObjectError(f"manifest {where} has an invalid entry for {rel!r}: {info!r}")
+    return manifest
+
+
+def parse_manifest(body: bytes, where: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        manifest = None
+    return validate_manifest(manifest, where)
+
+
+def verify_file(path: Path, entry: Mapping[str, Any], where: str) -> None:
+    """CorruptObjectError naming ``where`` unless ``path`` has the manifest entry's size and SHA-256."""
+    size, digest = hash_file(path)
+    if size != entry["size"] or digest != entry["sha256"]:
+        raise CorruptObjectError(f"{where} is corrupt: expected size {entry['size']} sha256 {entry['sha256']}, "
+                                 f"got size {size} sha256 {digest}")
+
+
+def publish_dir(
+    local_dir: str | os.PathLike[str],
+    metadata: Mapping[str, Any] | None,
+    *,
+    label: str,
+    drop_manifest: Callable[[], None],
+    put_file: Callable[[Path, str, int, str], None],
+    put_manifest: Callable[[bytes], None],
+    redact: Callable[[str], str],
+) -> dict[str, Any]:
+    """The upload protocol, for any backend: drop an old manifest, put each file (``put_file(path, rel, size,
+    sha256)`` writes and verifies one), then put the manifest. Returns the manifest."""
+    t0 = time.monotonic()
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise StorageError(f"not a directory: {root}")
+    # Readers must not see an old manifest describing objects that are being replaced.
+    drop_manifest()
+    entries: dict[str, dict[str, Any]] = {}
+    for rel, path in files_to_upload(root):
+        size, digest = hash_file(path)
+        put_file(path, rel, size, digest)
+        entries[rel] = {"size": size, "sha256": digest}
+    manifest = build_manifest(entries, metadata)
+    put_manifest(manifest_body(manifest, redact))
+    total = sum(e["size"] for e in entries.values())
+    logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB, label,
+                time.monotonic() - t0)
+    return manifest
+
+
+def fetch_dir(
+    manifest: Mapping[str, Any],
+    local_dir: str | os.PathLike[str],
+    *,
+    label: str,
+    get_file: Callable[[str, Path], None],
+    where: Callable[[str], str],
+) -> dict[str, Any]:
+    """The download protocol, for any backend: ``get_file(rel, target)`` fetches each manifest entry, which is
+    verified against it (``where(rel)`` names the object in errors).
+
+    Files land in a temporary sibling directory renamed into place only when every file matched, so
+    ``local_dir`` ends up either complete (with the manifest beside the files) or absent."""
+    t0 = time.monotonic()
+    dest = Path(local_dir)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StorageError(f"download target {dest} already exists and is not an empty directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the checkpoint should look like any other dir
+    try:
+        for rel, info in manifest["files"].items():
+            target = tmp.joinpath(*rel.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            get_file(rel, target)
+            verify_file(target, info, where(rel))
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("downloaded and verified %d files from %s to %s in %.1fs", len(manifest["files"]), label, dest,
+                time.monotonic() - t0)
+    return dict(manifest)
