@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accelerate.utils import broadcast_object_list
-
 from qa.checkpoint.rotation import checkpoints_to_delete, crash_leftovers, newest_first
 from qa.checkpoint.state import (
     COMPLETE,
@@ -30,6 +28,7 @@ from qa.checkpoint.state import (
 from qa.checkpoint.store import StorageError, Store, open_store
 from qa.checkpoint.uploader import BackgroundUploader
 from qa.config import TrainConfig, save_config
+from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -144,17 +143,15 @@ class Checkpointer:
         all ranks."""
         if spec is None:
             return None
-        result: list[Any] = [None]
-        if self.accelerator.is_main_process:
+
+        def find() -> str | None:
             try:
                 found = self.find_resume(spec)
-                result = [str(found) if found is not None else None]
-            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
-                result = [f"ERROR: {e}"]
-        result = broadcast_object_list(result, from_process=0)
-        value = result[0]
-        if isinstance(value, str) and value.startswith("ERROR: "):
-            raise ConfigError(f"resume_from_checkpoint: {value[7:]}")
+            except (ConfigError, StorageError, OSError) as e:  # the user's target, not a bug: one line, exit 2
+                raise ConfigError(f"resume_from_checkpoint: {e}") from None
+            return str(found) if found is not None else None
+
+        value = on_rank_zero(self.accelerator, find)
         return Path(value) if value is not None else None
 
     def find_resume(self, spec: str) -> Path | None:
