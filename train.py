@@ -13,7 +13,7 @@ from qa.config import load_config
 from qa.errors import EXIT_PREEMPTED, ConfigError
 from qa.preflight.checks import check_launch
 from qa.preflight.report import describe_plan
-from qa.trainer import evaluation, loop
+from qa.trainer import evaluation, loop, prediction
 from qa.trainer import setup as steps
 
 
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = steps.start(cfg)  # accelerator, S3 check, checkpoint to resume, tracker
     steps.prepare_data(run)  # examples -> cached features (main process first)
+    if cfg.do_predict:
+        prediction.prepare_data(run)  # test_file (answers optional) -> windows, as for evaluation
     steps.build_model(run)  # model, optimizer, schedule, loader through accelerate/DeepSpeed
     steps.resume(run)  # model/optimizer/scheduler/RNG/data position, if resuming
     if cfg.do_eval and cfg.eval_before_training:
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED  # launch/ scripts requeue on this code
     if cfg.do_eval:
         evaluation.evaluate(run, tag="eval")  # gather logits, decode and score on rank 0
+    if cfg.do_predict:
+        prediction.predict(run)  # test_predictions.json (+ test/exact_match, test/f1 with answers)
     if cfg.do_train:
         steps.export(run)  # save_pretrained + tokenizer to output_dir/final (and S3)
     steps.finish(run, outcome)  # wait for uploads, summary, close tracker

@@ -25,7 +25,7 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     need(cfg.learning_rate > 0 or not cfg.do_train, "learning_rate", "must be positive when training")
     for key in ("adam_beta1", "adam_beta2"):
         need(0 <= getattr(cfg, key) < 1, key, f"must be in [0, 1), got {getattr(cfg, key)}")
-    for key in ("max_train_samples", "max_eval_samples", "max_train_steps", "eval_steps", "total_train_batch_size",
+    for key in ("max_train_samples", "max_eval_samples", "max_predict_samples", "max_train_steps", "eval_steps", "total_train_batch_size",
                 "preprocessing_num_workers", "save_total_limit"):
         v = getattr(cfg, key)
         need(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
@@ -34,7 +34,8 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     need(cfg.dataloader_num_workers >= 0, "dataloader_num_workers", "must not be negative")
     if isinstance(cfg.checkpointing_steps, int):
         need(cfg.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1, 'epoch' or null")
-    need(cfg.do_train or cfg.do_eval, "do_train", "nothing to do: do_train and do_eval are both false")
+    need(cfg.do_train or cfg.do_eval or cfg.do_predict, "do_train",
+         "nothing to do: do_train, do_eval and do_predict are all false")
     if cfg.do_train:
         need(cfg.num_train_epochs > 0 or cfg.max_train_steps is not None, "num_train_epochs",
              "must be positive unless max_train_steps is set")
@@ -44,6 +45,9 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     if cfg.do_eval:
         need(has_hub or cfg.validation_file is not None, "validation_file",
              "set validation_file or dataset_name to evaluate")
+    if cfg.do_predict:
+        need(cfg.test_file is not None, "test_file", "set test_file (SQuAD JSON or JSONL; answers optional) "
+             "to predict")
     if cfg.dataset_name == "squad_v2" and not cfg.version_2_with_negative:
         raise ConfigError("version_2_with_negative: dataset_name is squad_v2, so set version_2_with_negative: true")
     if cfg.s3_uri is not None:
@@ -56,9 +60,10 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
         raise ConfigError("resume_from_checkpoint: only for training; to evaluate a run, pass its exported model "
                           "(model_name_or_path: OUTPUT_DIR/final) and resume_from_checkpoint: null")
     if check_files:
-        for key in ("train_file", "validation_file", "deepspeed"):
+        for key in ("train_file", "validation_file", "test_file", "deepspeed"):
             path = getattr(cfg, key)
-            if key == "train_file" and not cfg.do_train or key == "validation_file" and not cfg.do_eval:
+            if (key == "train_file" and not cfg.do_train or key == "validation_file" and not cfg.do_eval
+                    or key == "test_file" and not cfg.do_predict):
                 continue
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{key}: file not found: {path}")

@@ -23,6 +23,9 @@ class TrainConfig:
     doc_stride: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    do_predict: bool = False
+    test_file: str | None = None
+    max_predict_samples: int | None = None
     preprocessing_num_workers: int | None = None
     overwrite_cache: bool = False
     # An answer whose ``answer_start`` does not point at its text is an error by default; set this to

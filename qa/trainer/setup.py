@@ -40,6 +40,7 @@ class Data:
     eval_features: Any = None
     eval_examples: EvalExamples | None = None
     eval_arrays: EvalFeatures | None = None
+    test: Any = None  # qa.trainer.prediction.PredictData when do_predict
 
 
 @dataclass
