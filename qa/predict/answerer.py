@@ -71,7 +71,7 @@ class QuestionAnswerer:
         self.model = model.to(self.device).eval()
         accepted = set(inspect.signature(self.model.forward).parameters)
         self.input_names = [k for k in _INPUT_NAMES if k in accepted]
-        # As evaluation pads: the same window shapes, hence the same logits bit for bit on CPU.
+        # Padded as evaluation's collator pads (to a multiple of 8).
         self.collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
 
     @classmethod
@@ -79,7 +79,8 @@ class QuestionAnswerer:
                         dtype: str | torch.dtype | None = None) -> QuestionAnswerer:
         """Model and tokenizer from an exported directory (``output_dir/final``) or a Hub id.
 
-        ``dtype``: ``None`` (float32), ``"auto"`` (as saved), ``"float16"``, ``"bfloat16"`` or a torch dtype.
+        ``dtype``: ``None`` or ``"auto"`` (as saved, transformers' default), ``"float32"``, ``"float16"``,
+        ``"bfloat16"`` or a torch dtype. Logits are decoded in float32 whatever the model's dtype.
         A directory that does not exist, or holds no model, is a :class:`~qa.errors.ConfigError`.
         """
         name = str(path_or_hub_id)
@@ -111,8 +112,8 @@ class QuestionAnswerer:
                  max_answer_len: int = 30, max_seq_len: int = 384, doc_stride: int = 128,
                  handle_impossible_answer: bool = False, null_score_diff_threshold: float = 0.0,
                  batch_size: int = 32, n_best_size: int = 20) -> Answer | list[Answer] | list[list[Answer]]:
-        """Answers as the pipeline returned them: a dict for one question (a list of ``top_k`` dicts when
-        ``top_k > 1``), a list of those for a list of questions. One question may go with many contexts
+        """Answers as the pipeline returned them: a dict for one question (a list of up to ``top_k`` dicts
+        when ``top_k > 1``), a list of those for a list of questions. One question may go with many contexts
         and the reverse.
 
         Each answer: ``answer`` (trimmed text), ``score`` (see the module docstring), ``start``/``end``
