@@ -14,7 +14,7 @@ from qa.config import TrainConfig, load_config
 from qa.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 from qa.preflight.checks import check_launch
 from qa.preflight.report import describe_plan
-from qa.trainer import setup
+from qa.trainer import prediction, setup
 from qa.trainer.evaluation import evaluate
 from qa.trainer.loop import COMPLETED, PREEMPTED, Trainer
 from qa.trainer.parts import EvalSettings, LoopSettings
@@ -23,6 +23,7 @@ from qa.trainer.parts import EvalSettings, LoopSettings
 def run(cfg: TrainConfig) -> int:
     session = setup.start(cfg)  # accelerator, input checks, storage, checkpoint to resume, tracker
     data = setup.prepare_data(cfg, session)  # examples -> cached features (main process first)
+    test = prediction.prepare_data(cfg, session, data.tokenizer) if cfg.do_predict else None  # answers optional
     model = setup.build_model(cfg, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     eval_settings = EvalSettings.from_config(cfg)
@@ -36,6 +37,8 @@ def run(cfg: TrainConfig) -> int:
         return EXIT_PREEMPTED  # launch/ scripts requeue on this code
     if data.eval is not None:
         evaluate(session, model, data.eval, eval_settings, tag="eval")  # gather, decode and score on rank 0
+    if test is not None:
+        prediction.predict(session, model, test, eval_settings)  # test_predictions.json (+ scores if labeled)
     if cfg.do_train:
         setup.export(cfg, session, model, data)  # save_pretrained + tokenizer to output_dir/final (and S3)
     setup.finish(cfg, session, outcome)  # wait for uploads, summary, close tracker

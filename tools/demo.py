@@ -2,7 +2,8 @@
 
 Starts SeaweedFS (``weed mini``, loopback only, throwaway data dir), launches ``train.py`` on two CPU
 processes under DeepSpeed ZeRO-2, uploads checkpoints and the final model to the local bucket, and prints
-EM/F1 before and after training and where everything went.
+EM/F1 before and after training and where everything went, then asks the exported model one question
+about held-out demo text the way a user would (``qa.predict.QuestionAnswerer``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,23 @@ def minilm_dir() -> Path:
 def _metrics(output_dir: Path) -> list[dict]:
     path = output_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def ask_one_question(final: Path, run_config: Path) -> None:
+    """The exported model answering the first held-out demo question, with the run's window settings."""
+    import yaml
+
+    from qa.predict import QuestionAnswerer
+
+    cfg = yaml.safe_load(run_config.read_text())
+    para = json.loads((REPO / "data" / "demo" / "dev.json").read_text())["data"][0]["paragraphs"][0]
+    item = para["qas"][0]
+    qa = QuestionAnswerer.from_pretrained(final, device="cpu")
+    answer = qa(question=item["question"], context=para["context"], max_seq_len=cfg["max_seq_length"],
+                doc_stride=cfg["doc_stride"], max_answer_len=cfg["max_answer_length"])
+    print(f"\nasking {final}:\n  question: {item['question']}\n"
+          f"  answer:   {answer['answer']!r} (score {answer['score']:.2f}, context[{answer['start']}:{answer['end']}])"
+          f"\n  gold:     {' | '.join(a['text'] for a in item['answers'])}")
 
 
 def main() -> int:
@@ -72,7 +90,8 @@ def main() -> int:
             print(f"checkpoint: s3://{BUCKET}/runs/demo/checkpoints/{name}")
         print(f"final model: s3://{BUCKET}/runs/demo/final")
         print(f"{len(objects)} objects under s3://{BUCKET}/runs/demo/ (server stopped at exit)")
-        print(f"demo took {time.perf_counter() - t0:.0f}s")
+    ask_one_question(output_dir / "final", output_dir / "run_config.yaml")
+    print(f"demo took {time.perf_counter() - t0:.0f}s")
     return 0
 
 

@@ -53,7 +53,8 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     need(cfg.dataloader_num_workers >= 0, "dataloader_num_workers", "must not be negative")
     if isinstance(cfg.checkpointing_steps, int):
         need(cfg.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1, 'epoch' or null")
-    need(cfg.do_train or cfg.do_eval, "do_train", "nothing to do: do_train and do_eval are both false")
+    need(cfg.do_train or cfg.do_eval or cfg.do_predict, "do_train",
+         "nothing to do: do_train, do_eval and do_predict are all false")
     if cfg.do_train:
         need(cfg.num_train_epochs > 0 or cfg.max_train_steps is not None, "num_train_epochs",
              "must be positive unless max_train_steps is set")
@@ -64,8 +65,8 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
         need(has_hub or cfg.validation_file is not None, "validation_file",
              "set validation_file or dataset_name to evaluate")
     if cfg.do_predict:
-        need(has_hub or cfg.test_file is not None, "test_file",
-             "set test_file or dataset_name to predict (do_predict)")
+        need(cfg.test_file is not None, "test_file", "set test_file (SQuAD JSON or JSONL; answers optional) "
+             "to predict")
     if cfg.dataset_name == "squad_v2" and not cfg.version_2_with_negative:
         raise ConfigError("version_2_with_negative: dataset_name is squad_v2, so set version_2_with_negative: true")
     if cfg.s3_uri is not None:

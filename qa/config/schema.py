@@ -56,7 +56,7 @@ class TrainConfig:
     # --- training ----------------------------------------------------------------------------
     do_train: bool = field(default=True, metadata=_help("Train"))
     do_eval: bool = field(default=True, metadata=_help("Evaluate on validation_file / the dataset's dev split"))
-    do_predict: bool = field(default=False, metadata=_help("Predict on test_file / the dataset's test split"))
+    do_predict: bool = field(default=False, metadata=_help("Predict answers for test_file (answers optional): test_predictions.json"))
     per_device_train_batch_size: int = field(default=12, metadata=_help("Training windows per process per step"))
     per_device_eval_batch_size: int = field(default=64, metadata=_help("Evaluation windows per process"))
     learning_rate: float = field(default=3e-5, metadata=_help("Peak learning rate (AdamW)"))

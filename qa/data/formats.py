@@ -28,8 +28,9 @@ HUB_DATASETS = {"squad": "train", "squad_v2": "train"}
 # ---------------------------------------------------------------------------------------------
 
 
-def _flat_record(raw: Mapping[str, Any], where: str, title: str | None = None,
-                 context: str | None = None) -> dict[str, Any]:
+def _flat_record(raw: Mapping[str, Any], where: str, title: str | None = None, context: str | None = None,
+                 require_answers: bool = True) -> dict[str, Any]:
+    """One checked example; without ``require_answers`` (prediction) a missing ``answers`` becomes None."""
     qid = raw.get("id")
     if qid is None or qid == "":
         raise DataError(f"{where}: question without an 'id'")
@@ -44,6 +45,9 @@ def _flat_record(raw: Mapping[str, Any], where: str, title: str | None = None,
     if not question.strip():
         raise DataError(f"{where}: example {qid!r}: empty question")
     answers = raw.get("answers")
+    if answers is None and not require_answers:
+        return {"id": qid, "title": str(raw.get("title", title) or ""), "context": ctx, "question": question,
+                "answers": None}
     if answers is None:
         raise DataError(f"{where}: example {qid!r}: missing field 'answers'")
     # Official files hold a list of {text, answer_start}; flat/hub files hold {text: [...], answer_start: [...]}.
@@ -75,10 +79,17 @@ def _flat_record(raw: Mapping[str, Any], where: str, title: str | None = None,
     }
 
 
-def read_squad_file(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read official nested SQuAD JSON, a flat JSON list (or ``{"data": [flat...]}``) or JSONL."""
+def read_squad_file(path: str | os.PathLike, *, require_answers: bool = True) -> list[dict[str, Any]]:
+    """Read official nested SQuAD JSON, a flat JSON list (or ``{"data": [flat...]}``) or JSONL.
+
+    ``require_answers=False`` (prediction) accepts examples without ``answers``; theirs is None.
+    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DataError(f"{path}: cannot read: {reason}") from None
     records: list[dict[str, Any]] = []
     is_jsonl = path.suffix == ".jsonl"
     if not is_jsonl:
@@ -99,7 +110,7 @@ def read_squad_file(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object")
-            records.append(_flat_record(row, f"{path}:{lineno}"))
+            records.append(_flat_record(row, f"{path}:{lineno}", require_answers=require_answers))
     else:
         items = obj.get("data") if isinstance(obj, dict) else obj
         if not isinstance(items, list):
@@ -113,9 +124,10 @@ def read_squad_file(path: str | os.PathLike) -> list[dict[str, Any]]:
                     if "context" not in para or "qas" not in para:
                         raise DataError(f"{where}: paragraph needs 'context' and 'qas'")
                     for qa in para["qas"]:
-                        records.append(_flat_record(qa, where, item.get("title"), para["context"]))
+                        records.append(_flat_record(qa, where, item.get("title"), para["context"],
+                                                    require_answers))
             else:
-                records.append(_flat_record(item, f"{path} (data[{i}])"))
+                records.append(_flat_record(item, f"{path} (data[{i}])", require_answers=require_answers))
     seen: set[str] = set()
     for r in records:
         if r["id"] in seen:
@@ -129,6 +141,8 @@ def read_squad_file(path: str | os.PathLike) -> list[dict[str, Any]]:
 def misaligned_answers(record: Mapping[str, Any]) -> list[int]:
     """Indices of answers whose ``answer_start`` does not point at their text."""
     ctx = record["context"]
+    if record["answers"] is None:  # unlabeled (prediction)
+        return []
     return [
         k for k, (t, s) in enumerate(zip(record["answers"]["text"], record["answers"]["answer_start"], strict=True))
         if s < 0 or ctx[s: s + len(t)] != t
@@ -161,9 +175,11 @@ def check_alignment(records: list[dict[str, Any]], source: str, *, skip: bool,
     return [r for r in records if r["id"] not in bad_ids], len(bad)
 
 
-def _generate(path: str, mtime_ns: int, size: int, skip: bool, is_train: bool) -> Iterator[dict[str, Any]]:
+def _generate(path: str, mtime_ns: int, size: int, skip: bool, is_train: bool,
+              require_answers: bool = True) -> Iterator[dict[str, Any]]:
     # mtime and size are arguments only so that the datasets fingerprint changes when the file does.
-    records, _ = check_alignment(read_squad_file(path), path, skip=skip, is_train=is_train)
+    records, _ = check_alignment(read_squad_file(path, require_answers=require_answers), path, skip=skip,
+                                 is_train=is_train)
     yield from records
 
 
@@ -175,26 +191,30 @@ _FEATURES = datasets.Features({
 })
 
 
-def _from_generator(data_file: str, st: os.stat_result, skip: bool, is_train: bool) -> datasets.Dataset:
+def _from_generator(data_file: str, st: os.stat_result, skip: bool, is_train: bool,
+                    require_answers: bool = True) -> datasets.Dataset:
     return datasets.Dataset.from_generator(
         _generate,
         gen_kwargs={"path": str(Path(data_file).resolve()), "mtime_ns": st.st_mtime_ns, "size": st.st_size,
-                    "skip": skip, "is_train": is_train},
+                    "skip": skip, "is_train": is_train, "require_answers": require_answers},
         features=_FEATURES,
     )
 
 
 def load_examples(*, dataset_name: str | None, dataset_config_name: str | None, data_file: str | None,
                   split: str, skip_misaligned: bool = False, max_samples: int | None = None,
-                  version_2_with_negative: bool = False) -> datasets.Dataset:
-    """Examples with columns id, title, context, question, answers; ``max_samples`` cuts examples."""
+                  version_2_with_negative: bool = False, require_answers: bool = True) -> datasets.Dataset:
+    """Examples with columns id, title, context, question, answers; ``max_samples`` cuts examples.
+
+    ``require_answers=False`` (prediction, local files only): unlabeled examples load, ``answers`` None.
+    """
     is_train = split == "train"
     if data_file is not None:
         # Our own validating reader (clear errors naming file and id); from_generator caches the result
         # under a fingerprint of its arguments so the features built on it are cached too.
         st = os.stat(data_file)
         try:
-            ds = _from_generator(data_file, st, skip_misaligned, is_train)
+            ds = _from_generator(data_file, st, skip_misaligned, is_train, require_answers)
         except datasets.exceptions.DatasetGenerationError as e:
             # datasets wraps our error; users should see the file and example id, not a generic failure.
             cause = e.__cause__ or e.__context__
@@ -207,7 +227,7 @@ def load_examples(*, dataset_name: str | None, dataset_config_name: str | None, 
         ds = datasets.load_dataset(dataset_name, dataset_config_name,
                                    split="train" if is_train else "validation")
     if not version_2_with_negative:
-        n_empty = sum(1 for a in ds["answers"] if len(a["text"]) == 0)
+        n_empty = sum(1 for a in ds["answers"] if a is not None and len(a["text"]) == 0)
         if n_empty:
             raise DataError(f"{data_file or dataset_name}: {n_empty} examples have no answer; "
                             "set version_2_with_negative: true for SQuAD v2-style data")

@@ -1,3 +1,4 @@
 """Evaluation, pure and rank-0: span decoding (``decode``, rule documented in ``reference``), SQuAD scoring
-(``squad_metrics``), decode + score (``evaluator``), output files (``outputs``), offline re-decoding (``cli``).
+(``squad_metrics``), decode + score (``evaluator``), output files (``outputs``), offline re-decoding (``cli``),
+whitespace-free answer spans (``trim``).
 """

@@ -6,6 +6,10 @@ broadcasting, keep each feature's best ``n_best_size`` valid pairs, then pool th
 features of an example with one sort keyed by (example, -score). Python only runs over the final,
 already-chosen n-best entries to build the output dicts.
 
+Char spans are trimmed of surrounding whitespace (``qa.eval.trim``) and a token holding no visible
+character is never a span's start or end, so answers are clean whatever the tokenizer's offsets include.
+The rule, written as plain loops, is ``qa.eval.reference.reference_decode``.
+
 Span scores are float64 sums of the logits, so ranking never depends on float32 rounding of a sum;
 ``start_logit``/``end_logit`` in the n-best lists are the logits themselves. Ties are broken
 deterministically but arbitrarily, except that a span tied with the null answer ranks before it.
@@ -22,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from qa.eval.trim import SpanTrimmer
+
 __all__ = ["Decoded", "decode", "pack_offsets"]
 
 _NO_OFFSET = (-1, -1)
@@ -37,6 +43,11 @@ class Decoded:
     """Example id -> best candidates first: ``text, probability, start_logit, end_logit`` (Python floats)."""
     null_odds: dict[str, float] = field(default_factory=dict)
     """v2 only: null score - best span score (``inf`` when the example has no valid span)."""
+    spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    """Example id -> ``(start, end)`` character span in the context of each n-best entry, same order;
+    ``context[start:end] == text``; ``(0, 0)`` for the null answer and the no-candidate placeholder."""
+    prediction_spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Example id -> character span of the prediction (``(0, 0)`` for "")."""
 
 
 def pack_offsets(offset_mapping: Sequence[Sequence[tuple[int, int] | list[int] | None]] | np.ndarray,
@@ -205,6 +216,9 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
     position is not context. ``start_logits``/``end_logits``: ``[n_features, L2]``; only positions below
     ``min(L, L2)`` are candidates, so logits padded (or truncated) across ranks are harmless.
 
+    A span's text is ``context[offsets[s][0]:offsets[e][1]]`` trimmed of surrounding whitespace; positions
+    whose offsets hold only whitespace are not context for this purpose.
+
     v1: the prediction is the best span ("" when an example has no valid span). v2: the null answer
     (score = min over the example's features of start[cls] + end[cls]) joins the n-best list, and the
     prediction is "" when null score - best span score > ``null_score_diff_threshold``.
@@ -234,6 +248,7 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
     if version_2_with_negative and n_feat and (cls.min() < 0 or cls.max() >= start_all.shape[1]):
         raise ValueError(f"cls_index out of range for logits of width {start_all.shape[1]}")
     length = min(offsets.shape[1], start_all.shape[1])
+    trimmer = SpanTrimmer(contexts)
 
     # -- spans: each feature's best n_best valid pairs ---------------------------------------------
     sp_feat = sp_start = sp_end = np.zeros(0, dtype=np.int64)
@@ -252,7 +267,10 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
             width = int(extent[rows[-1]])
             if width == 0:
                 continue
-            f, *cols = _span_candidates(start_all[rows, :width], end_all[rows, :width], is_ctx[rows, :width],
+            win = offsets[rows, :width]
+            # A whitespace-only token ("▁", "Ġ", "Ċ") would give an empty or blank answer: not a boundary.
+            ctx = is_ctx[rows, :width] & trimmer.visible(feat_ex[rows, None], win[..., 0], win[..., 1])
+            f, *cols = _span_candidates(start_all[rows, :width], end_all[rows, :width], ctx,
                                         n_best_size, max_answer_length)
             parts.append((rows[f], *cols))
         if parts:
@@ -302,7 +320,7 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
     k_feat = p_feat[kept]
     k_start_logit = p_sl[kept]
     k_end_logit = p_el[kept]
-    k_cs, k_ce = _char_spans(offsets, k_feat, p_start[kept], p_end[kept], k_null)
+    k_cs, k_ce = _char_spans(offsets, k_feat, p_start[kept], p_end[kept], k_null, trimmer, k_ex)
     k_score = p_score[kept]
     n_keep = kept.shape[0]
     kg_start = _group_starts(k_ex)
@@ -312,7 +330,8 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
         prob = shifted / np.repeat(np.add.reduceat(shifted, kg_start), kg_size)
     else:
         prob = np.zeros(0, dtype=np.float64)
-    b_cs, b_ce = _char_spans(offsets, p_feat[best_entry], p_start[best_entry], p_end[best_entry], None)
+    b_cs, b_ce = _char_spans(offsets, p_feat[best_entry], p_start[best_entry], p_end[best_entry], None, trimmer,
+                             g_ex[has_span])
 
     odds: np.ndarray | None = None
     if version_2_with_negative:
@@ -323,45 +342,52 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
 
     with _gc_paused():
         ex_list = k_ex.tolist()
-        texts = [contexts[e][a:b] for e, a, b in zip(ex_list, k_cs.tolist(), k_ce.tolist(), strict=True)]
+        k_spans = list(zip(k_cs.tolist(), k_ce.tolist(), strict=True))
+        texts = [contexts[e][a:b] for e, (a, b) in zip(ex_list, k_spans, strict=True)]
         entries = [
             {"text": t, "probability": p, "start_logit": s, "end_logit": e}
             for t, p, s, e in zip(texts, prob.tolist(), k_start_logit.tolist(), k_end_logit.tolist(),
                                   strict=True)
         ]
         nbest_lists: list[list[dict[str, Any]] | None] = [None] * n_ex
+        span_lists: list[list[tuple[int, int]] | None] = [None] * n_ex
         for e, a, n in zip(k_ex[kg_start].tolist(), kg_start.tolist(), kg_size.tolist(), strict=True):
             nbest_lists[e] = entries[a:a + n]
+            span_lists[e] = k_spans[a:a + n]
         best_text = [""] * n_ex
+        best_span = [(0, 0)] * n_ex
         for e, a, b in zip(g_ex[has_span].tolist(), b_cs.tolist(), b_ce.tolist(), strict=True):
             best_text[e] = contexts[e][a:b]
+            best_span[e] = (a, b)
         nbest = {
             qid: lst if lst is not None else [{"text": "", "probability": 1.0, "start_logit": 0.0,
                                                "end_logit": 0.0}]
             for qid, lst in zip(example_ids, nbest_lists, strict=True)
         }
+        spans = {qid: lst if lst is not None else [(0, 0)] for qid, lst in zip(example_ids, span_lists, strict=True)}
         if odds is None:
-            return Decoded(predictions=dict(zip(example_ids, best_text, strict=True)), nbest=nbest)
+            return Decoded(predictions=dict(zip(example_ids, best_text, strict=True)), nbest=nbest, spans=spans,
+                           prediction_spans=dict(zip(example_ids, best_span, strict=True)))
         odds_list = odds.tolist()
-        predictions = {
-            qid: ("" if o > null_score_diff_threshold else t)
-            for qid, o, t in zip(example_ids, odds_list, best_text, strict=True)
-        }
-        return Decoded(predictions=predictions, nbest=nbest,
-                       null_odds=dict(zip(example_ids, odds_list, strict=True)))
+        null = [o > null_score_diff_threshold for o in odds_list]
+        return Decoded(
+            predictions={qid: "" if n else t for qid, n, t in zip(example_ids, null, best_text, strict=True)},
+            nbest=nbest, null_odds=dict(zip(example_ids, odds_list, strict=True)), spans=spans,
+            prediction_spans={qid: (0, 0) if n else s for qid, n, s in zip(example_ids, null, best_span, strict=True)})
 
 
 def _char_spans(offsets: np.ndarray, feat: np.ndarray, start: np.ndarray, end: np.ndarray,
-                is_null: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Context character span [cs, ce) of each (feature, start token, end token); nulls get [0, 0)."""
+                is_null: np.ndarray | None, trimmer: SpanTrimmer,
+                example: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trimmed context character span [cs, ce) of each (feature, start token, end token); nulls get [0, 0)."""
     flat = offsets.reshape(-1)
     row = feat * offsets.shape[1]
     if flat.shape[0] == 0:  # no positions at all: only nulls can exist
         return np.zeros(feat.shape[0], dtype=np.int64), np.zeros(feat.shape[0], dtype=np.int64)
     if is_null is None:
-        return flat[(row + start) * 2], flat[(row + end) * 2 + 1]
+        return trimmer.trim(example, flat[(row + start) * 2], flat[(row + end) * 2 + 1])
     # A null's cls position may lie beyond the offsets (L2 > L): read position 0 instead, then zero it.
     span = ~is_null
-    cs = np.where(span, flat[(row + np.where(span, start, 0)) * 2], 0)
-    ce = np.where(span, flat[(row + np.where(span, end, 0)) * 2 + 1], 0)
-    return cs, ce
+    cs, ce = trimmer.trim(example, flat[(row + np.where(span, start, 0)) * 2],
+                          flat[(row + np.where(span, end, 0)) * 2 + 1])
+    return np.where(span, cs, 0), np.where(span, ce, 0)

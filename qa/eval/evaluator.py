@@ -53,6 +53,19 @@ def _as_logits(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def decode_features(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
+                    n_best_size: int = 20, max_answer_length: int = 30, version_2_with_negative: bool = False,
+                    null_score_diff_threshold: float = 0.0) -> Decoded:
+    """Answers from per-window logits ([n_features, L]): evaluation, prediction and the API all decode here."""
+    return decode(
+        examples.ids, examples.contexts, feats.example_index, feats.offsets,
+        _as_logits(start_logits), _as_logits(end_logits),
+        n_best_size=n_best_size, max_answer_length=max_answer_length,
+        version_2_with_negative=version_2_with_negative, null_score_diff_threshold=null_score_diff_threshold,
+        cls_index=feats.cls_index,
+    )
+
+
 def decode_and_score(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
                      n_best_size: int = 20, max_answer_length: int = 30,
                      version_2_with_negative: bool = False,
@@ -66,13 +79,10 @@ def decode_and_score(examples: EvalExamples, feats: EvalFeatures, start_logits: 
     an example already decoded as "" cannot gain from a higher threshold there.
     """
     t0 = time.perf_counter()
-    decoded = decode(
-        examples.ids, examples.contexts, feats.example_index, feats.offsets,
-        _as_logits(start_logits), _as_logits(end_logits),
-        n_best_size=n_best_size, max_answer_length=max_answer_length,
-        version_2_with_negative=version_2_with_negative, null_score_diff_threshold=null_score_diff_threshold,
-        cls_index=feats.cls_index,
-    )
+    decoded = decode_features(examples, feats, start_logits, end_logits, n_best_size=n_best_size,
+                              max_answer_length=max_answer_length,
+                              version_2_with_negative=version_2_with_negative,
+                              null_score_diff_threshold=null_score_diff_threshold)
     t1 = time.perf_counter()
     references = dict(zip(examples.ids, examples.answers, strict=True))
     if version_2_with_negative:

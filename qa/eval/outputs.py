@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from qa.eval.decode import Decoded
 from qa.eval.evaluator import (
     EXAMPLES_FILE,
     FEATURES_FILE,
@@ -62,6 +63,34 @@ def _json_lines_object(mapping: Mapping[str, Any]) -> str:
     return "{\n" + body + "\n}\n"
 
 
+def companion_paths(predictions_path: str | Path) -> tuple[Path, Path]:
+    """The n-best and null-odds files that go beside a predictions file, named as evaluation names them.
+
+    ``predictions.json`` -> ``nbest_predictions.json``, ``null_odds.json``; ``test_predictions.json`` ->
+    ``test_nbest_predictions.json``, ``test_null_odds.json``; any other ``X.json`` -> ``X_nbest.json``,
+    ``X_null_odds.json``.
+    """
+    path = Path(predictions_path)
+    stem, suffix = path.stem, path.suffix or ".json"
+    if stem == "predictions" or stem.endswith("_predictions"):
+        prefix = stem[: -len("predictions")]
+        return path.with_name(f"{prefix}nbest_predictions{suffix}"), path.with_name(f"{prefix}null_odds{suffix}")
+    return path.with_name(f"{stem}_nbest{suffix}"), path.with_name(f"{stem}_null_odds{suffix}")
+
+
+def write_predictions(predictions_path: str | Path, decoded: Decoded, *,
+                      version_2_with_negative: bool) -> list[Path]:
+    """``{id: answer}`` at ``predictions_path``, the n-best lists (+ v2 null odds) beside it, each atomically."""
+    path = Path(predictions_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbest_path, odds_path = companion_paths(path)
+    written = [_write_text(path, _json_lines_object(decoded.predictions)),
+               _write_text(nbest_path, _json_lines_object(decoded.nbest))]
+    if version_2_with_negative:
+        written.append(_write_text(odds_path, _json_lines_object(decoded.null_odds)))
+    return written
+
+
 def write_eval_outputs(output_dir: str | Path, outcome: EvalOutcome, *, version_2_with_negative: bool,
                        prefix: str = "") -> list[Path]:
     """``eval_results.json``, ``predictions.json``, ``nbest_predictions.json`` (+ v2 ``null_odds.json``).
@@ -75,14 +104,9 @@ def write_eval_outputs(output_dir: str | Path, outcome: EvalOutcome, *, version_
     def name(base: str) -> Path:
         return out / (f"{prefix}_{base}" if prefix else base)
 
-    written = [
-        _write_text(name("eval_results.json"), metrics_json(outcome.metrics)),
-        _write_text(name("predictions.json"), _json_lines_object(outcome.decoded.predictions)),
-        _write_text(name("nbest_predictions.json"), _json_lines_object(outcome.decoded.nbest)),
-    ]
-    if version_2_with_negative:
-        written.append(_write_text(name("null_odds.json"), _json_lines_object(outcome.decoded.null_odds)))
-    return written
+    return [_write_text(name("eval_results.json"), metrics_json(outcome.metrics)),
+            *write_predictions(name("predictions.json"), outcome.decoded,
+                               version_2_with_negative=version_2_with_negative)]
 
 
 def save_eval_arrays(output_dir: str | Path, examples: EvalExamples, feats: EvalFeatures, start_logits: Any,

@@ -93,12 +93,14 @@ def start(cfg: TrainConfig) -> Session:
 
 def check_data(cfg: TrainConfig) -> None:
     """Read and validate every data file this run uses (DataError names the file and id); warms the cache."""
-    splits = [("train", cfg.train_file, cfg.do_train), ("validation", cfg.validation_file, cfg.do_eval)]
+    splits = [("train", cfg.train_file, cfg.do_train), ("validation", cfg.validation_file, cfg.do_eval),
+              ("test", cfg.test_file, cfg.do_predict)]
     for split, path, used in splits:
         if used and path is not None:
             qa_formats.load_examples(dataset_name=None, dataset_config_name=None, data_file=path, split=split,
                                      skip_misaligned=cfg.skip_misaligned_answers and split == "train",
-                                     max_samples=None, version_2_with_negative=cfg.version_2_with_negative)
+                                     max_samples=None, version_2_with_negative=cfg.version_2_with_negative,
+                                     require_answers=split != "test")
 
 
 def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:

@@ -1,4 +1,5 @@
-"""qa.decode: hand-made logits with known answers, and equivalence with a plain reference loop."""
+"""qa.eval.decode: hand-made logits with known answers, and equivalence with the plain reference loop
+(qa.eval.reference, the documented rule) on random problems, clean and whitespace-laden."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from qa.eval.decode import decode, pack_offsets
+from qa.eval.reference import reference_decode
 
 CONTEXT = "The quick brown fox jumps over the lazy dog"
 WORDS = [(0, 3), (4, 9), (10, 15), (16, 19), (20, 25), (26, 30), (31, 34), (35, 39), (40, 43)]
@@ -264,66 +266,38 @@ def test_rejects_mismatched_shapes():
 # ---------------------------------------------------------------------------------------------------
 
 
-def reference_decode(ids, contexts, feat_ex, offsets, start, end, n_best, max_len, v2, thresh, cls):
-    """The semantics, one example and one pair at a time (HF-style n-best with the null appended)."""
-    length = min(offsets.shape[1], start.shape[1])
-    preds, nbest, odds = {}, {}, {}
-    for ei, qid in enumerate(ids):
-        spans, null = [], None
-        for f in [f for f in range(len(feat_ex)) if feat_ex[f] == ei]:
-            c = int(cls[f])
-            ns = float(start[f, c]) + float(end[f, c])
-            if null is None or ns < null["score"]:
-                null = {"score": ns, "text": "", "start_logit": float(start[f, c]),
-                        "end_logit": float(end[f, c])}
-            ctx = [i for i in range(length) if offsets[f, i, 0] >= 0]
-            top_s = sorted(ctx, key=lambda i: -start[f, i])[:n_best]
-            top_e = sorted(ctx, key=lambda i: -end[f, i])[:n_best]
-            for s in top_s:
-                for e in top_e:
-                    if e < s or e - s + 1 > max_len:
-                        continue
-                    spans.append({"score": float(start[f, s]) + float(end[f, e]),
-                                  "text": contexts[ei][offsets[f, s, 0]:offsets[f, e, 1]],
-                                  "start_logit": float(start[f, s]), "end_logit": float(end[f, e])})
-        spans.sort(key=lambda x: -x["score"])
-        cands = spans + ([null] if v2 and null is not None else [])
-        cands.sort(key=lambda x: -x["score"])   # stable: a span tied with the null stays first
-        kept = cands[:n_best]
-        if v2 and null is not None and null not in kept:
-            kept.append(null)
-        if not kept:
-            kept = [{"score": 0.0, "text": "", "start_logit": 0.0, "end_logit": 0.0}]
-        m = max(x["score"] for x in kept)
-        exps = [math.exp(x["score"] - m) for x in kept]
-        nbest[qid] = [{"text": x["text"], "probability": p / sum(exps), "start_logit": x["start_logit"],
-                       "end_logit": x["end_logit"]} for x, p in zip(kept, exps, strict=True)]
-        best = spans[0] if spans else None
-        if v2:
-            odds[qid] = null["score"] - best["score"] if (best and null) else math.inf
-            preds[qid] = "" if (best is None or odds[qid] > thresh) else best["text"]
-        else:
-            preds[qid] = best["text"] if best else ""
-    return preds, nbest, odds
-
-
-def random_problem(rng: np.random.Generator, n_ex: int, length: int, logit_len: int, dtype):
+def random_problem(rng: np.random.Generator, n_ex: int, length: int, logit_len: int, dtype, messy: bool = False):
+    """Random contexts, windows and logits. ``messy``: words separated by runs of spaces, tabs and
+    newlines; some token offsets start at the whitespace before the word (SentencePiece "▁word",
+    byte-level "Ġword" untrimmed), and some tokens are whitespace only ("▁", "Ċ")."""
     contexts, rows, feat_ex, cls = [], [], [], []
     for ei in range(n_ex):
         n_words = int(rng.integers(3, 40))
-        spans, text, cursor = [], [], 0
-        for _ in range(n_words):
-            w = "".join(rng.choice(list("abcdefgh"), size=int(rng.integers(1, 6))))
-            spans.append((cursor, cursor + len(w)))
-            text.append(w)
-            cursor += len(w) + 1
-        contexts.append(" ".join(text))
+        spans, text = [], ""
+        for w in range(n_words):
+            sep = "" if w == 0 else (str(rng.choice([" ", "  ", "\n", " \t", "\u3000"])) if messy else " ")
+            word = "".join(rng.choice(list("abcdefgh"), size=int(rng.integers(1, 6))))
+            lead = len(text)
+            text += sep
+            roll = rng.random() if messy else 1.0
+            if roll < 0.15 and sep:
+                spans.append((lead, len(text)))             # a whitespace-only token
+                spans.append((len(text), len(text) + len(word)))
+            elif roll < 0.5:
+                spans.append((lead, len(text) + len(word)))  # offsets include the leading whitespace
+            else:
+                spans.append((len(text), len(text) + len(word)))
+            text += word
+        if messy and rng.random() < 0.5:
+            spans.append((len(text), len(text) + 1))        # a trailing newline token
+            text += "\n"
+        contexts.append(text)
         n_q = int(rng.integers(2, 6))
         room = length - n_q - 1
         stride = max(1, room // 2)
         n_windows = int(rng.integers(0, 4))     # 0: an example without features
         for w in range(n_windows):
-            lo = min(w * stride, max(0, n_words - 1))
+            lo = min(w * stride, max(0, len(spans) - 1))
             chunk = spans[lo:lo + room]
             rows.append([None] * n_q + chunk + [None])
             feat_ex.append(ei)
@@ -340,34 +314,68 @@ def random_problem(rng: np.random.Generator, n_ex: int, length: int, logit_len: 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("v2", [False, True])
-def test_matches_reference_loop(seed, v2):
+@pytest.mark.parametrize("messy", [False, True])
+def test_matches_reference_loop(seed, v2, messy):
     rng = np.random.default_rng(seed)
     length = 24
     logit_len = [24, 30, 18][seed % 3]        # equal, padded, truncated
     n_best, max_len = [(5, 4), (3, 2), (20, 30)][seed % 3]
     dtype = np.float32 if seed % 2 == 0 else np.float64
-    ids, ctxs, fei, offsets, start, end, cls = random_problem(rng, 40, length, logit_len, dtype)
+    ids, ctxs, fei, offsets, start, end, cls = random_problem(rng, 40, length, logit_len, dtype, messy)
     if logit_len > length:
         start[:, length:] = 1e6                 # padding across ranks: never a candidate
         end[:, length:] = -np.inf
     thresh = float(rng.normal())
-    got = decode(ids, ctxs, fei, offsets, start, end, n_best_size=n_best, max_answer_length=max_len,
-                 version_2_with_negative=v2, null_score_diff_threshold=thresh, cls_index=cls)
-    preds, nbest, odds = reference_decode(ids, ctxs, fei, offsets, start, end, n_best, max_len, v2, thresh,
-                                          cls)
-    assert got.predictions == preds
+    kwargs = dict(n_best_size=n_best, max_answer_length=max_len, version_2_with_negative=v2,
+                  null_score_diff_threshold=thresh, cls_index=cls)
+    got = decode(ids, ctxs, fei, offsets, start, end, **kwargs)
+    ref = reference_decode(ids, ctxs, fei, offsets, start, end, **kwargs)
+    assert got.predictions == ref.predictions
+    assert got.prediction_spans == ref.prediction_spans
     assert list(got.predictions) == ids
-    assert got.null_odds == odds
+    assert got.null_odds == ref.null_odds
     assert list(got.nbest) == ids
     for qid in ids:
-        g, r = got.nbest[qid], nbest[qid]
+        g, r = got.nbest[qid], ref.nbest[qid]
         assert [(e["text"], e["start_logit"], e["end_logit"]) for e in g] == \
                [(e["text"], e["start_logit"], e["end_logit"]) for e in r], qid
         assert [e["probability"] for e in g] == pytest.approx([e["probability"] for e in r], rel=1e-12,
                                                                abs=1e-300)
+        assert got.spans[qid] == ref.spans[qid]
     # Non-trivial problem: some examples answered, some not (v2), some n-best lists full.
-    assert any(p for p in preds.values())
-    assert any(len(v) >= n_best for v in nbest.values())
+    assert any(p for p in ref.predictions.values())
+    assert any(len(v) >= n_best for v in ref.nbest.values())
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_answers_are_trimmed_and_point_into_the_context(v2):
+    rng = np.random.default_rng(11)
+    ids, ctxs, fei, offsets, start, end, cls = random_problem(rng, 60, 24, 24, np.float32, messy=True)
+    out = decode(ids, ctxs, fei, offsets, start, end, n_best_size=10, max_answer_length=6,
+                 version_2_with_negative=v2, cls_index=cls)
+    untrimmed = 0
+    for qid, ctx in zip(ids, ctxs, strict=True):
+        a, b = out.prediction_spans[qid]
+        assert ctx[a:b] == out.predictions[qid] == out.predictions[qid].strip()
+        for entry, (a, b) in zip(out.nbest[qid], out.spans[qid], strict=True):
+            assert ctx[a:b] == entry["text"] == entry["text"].strip()
+            assert entry["text"] or (a, b) == (0, 0)   # "" only for the null answer / no candidate
+        untrimmed += sum(ctx[o[0]:o[1]] != ctx[o[0]:o[1]].strip() for o in offsets.reshape(-1, 2) if o[0] >= 0)
+    assert untrimmed > 50   # the offsets really did include whitespace
+    assert sum(bool(p) for p in out.predictions.values()) > 20
+
+
+def test_whitespace_only_tokens_are_never_a_boundary():
+    # "a", "▁" (a lone space token), "b": the space token has the best start and end logits.
+    ctx = "a  b"
+    offsets = pack_offsets([[None, (0, 1), (1, 3), (3, 4), None]])
+    start = np.array([[0.0, 1.0, 9.0, 2.0, 0.0]], dtype=np.float32)
+    end = np.array([[0.0, 1.0, 9.0, 0.5, 0.0]], dtype=np.float32)
+    out = decode(["q"], [ctx], np.array([0]), offsets, start, end, n_best_size=5)
+    # Without the rule the space token would win (9 + 9) with an empty answer.
+    assert out.predictions["q"] == "b"     # 2 + 0.5
+    assert [e["text"] for e in out.nbest["q"]] == ["b", "a", "a  b"]
+    assert out.spans["q"] == [(3, 4), (0, 1), (0, 4)]
 
 
 @pytest.mark.parametrize("quantum", [0.0, 0.5])

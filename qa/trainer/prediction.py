@@ -1,0 +1,122 @@
+"""``--do_predict``: answers for ``test_file`` through evaluation's path (distributed forward, gather to
+rank 0, the same decoder), written as ``test_predictions.json`` + ``test_nbest_predictions.json``; scored too
+(``test/exact_match``, ``test/f1``) when every test example carries answers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from qa.data import features as qa_features
+from qa.data import formats as qa_formats
+from qa.distributed.gather import GatheredLogits, gather_eval_logits
+from qa.distributed.rank_zero import on_rank_zero
+from qa.eval.evaluator import EvalExamples, EvalFeatures, decode_and_score, decode_features
+from qa.eval.outputs import write_eval_outputs, write_predictions
+from qa.trainer.parts import EvalSettings, Model, Session
+
+if TYPE_CHECKING:
+    from qa.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+PREFIX = "test"
+
+
+@dataclass(frozen=True)
+class PredictData:
+    features: Any  # datasets.Dataset of windows, as evaluation's
+    examples: EvalExamples
+    arrays: EvalFeatures | None  # rank 0 only: it alone decodes
+    labeled: bool  # every example has answers: score the predictions
+
+
+def prepare_data(cfg: TrainConfig, session: Session, tokenizer: Any) -> PredictData:
+    """Test examples (answers optional) -> windows; built by the main process first, cached, like eval's.
+
+    Collective: every rank calls it.
+    """
+    acc = session.accelerator
+    with acc.main_process_first():
+        examples = qa_formats.load_examples(
+            dataset_name=None, dataset_config_name=None, data_file=cfg.test_file, split="test",
+            max_samples=cfg.max_predict_samples, version_2_with_negative=cfg.version_2_with_negative,
+            require_answers=False)
+        feats = qa_features.build_eval_features(
+            examples, tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
+            num_proc=cfg.preprocessing_num_workers, overwrite_cache=cfg.overwrite_cache, source=cfg.test_file)
+    answers = examples["answers"]
+    n_labeled = sum(a is not None for a in answers)
+    if 0 < n_labeled < len(answers):
+        logger.warning("%s: %d of %d examples have answers; predicting without scoring", cfg.test_file,
+                       n_labeled, len(answers))
+    arrays = None
+    if acc.is_main_process:
+        arrays = EvalFeatures(example_index=np.asarray(feats["example_index"], dtype=np.int64),
+                              offsets=qa_features.packed_offsets(feats, cfg.max_seq_length),
+                              cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
+    logger.info("test: %d examples (%s), %d windows", len(answers),
+                "with answers" if n_labeled == len(answers) else "unlabeled", len(feats))
+    return PredictData(
+        features=feats, arrays=arrays, labeled=n_labeled == len(answers),
+        examples=EvalExamples(ids=list(examples["id"]), contexts=list(examples["context"]),
+                              answers=[list(a["text"]) if a is not None else [] for a in answers],
+                              questions=list(examples["question"])))
+
+
+def predict(session: Session, model: Model, test: PredictData, settings: EvalSettings) -> dict[str, float]:
+    """Forward over the test windows, gather to rank 0, decode (+ score) and write there.
+
+    Collective: every rank calls it. Metrics (timings, and scores for labeled data) on every rank.
+    """
+    acc = session.accelerator
+    t0 = time.perf_counter()
+    gather_error: Exception | None = None
+    gathered = None
+    try:
+        gathered = gather_eval_logits(
+            acc, model.module, test.features,
+            input_names=[k for k in model.eval_input_names if k in test.features.column_names],
+            collate_fn=model.collator, batch_size=settings.batch_size, seq_len=settings.max_seq_length,
+            num_workers=0, generator=torch.Generator().manual_seed(settings.seed))
+    except Exception as e:  # noqa: BLE001 - the coverage check fails on rank 0 after the last collective
+        if not acc.is_main_process:
+            raise
+        gather_error = e
+
+    def decode_on_rank_zero() -> dict[str, float]:
+        if gather_error is not None:
+            raise gather_error
+        assert gathered is not None
+        return _decode_write(test, settings, gathered, t0)
+
+    metrics = on_rank_zero(acc, decode_on_rank_zero)
+    session.tracker.log(metrics, step=session.state.global_step)
+    return metrics
+
+
+def _decode_write(test: PredictData, settings: EvalSettings, gathered: GatheredLogits, t0: float) -> dict[str, float]:
+    """Rank 0: evaluation's decoder on the gathered logits; outputs written atomically in output_dir."""
+    assert test.arrays is not None
+    decode = settings.decode
+    metrics: dict[str, float] = {}
+    if test.labeled:
+        outcome = decode_and_score(test.examples, test.arrays, gathered.start_logits, gathered.end_logits,
+                                   **decode.as_kwargs())
+        paths = write_eval_outputs(settings.output_dir, outcome,
+                                   version_2_with_negative=decode.version_2_with_negative, prefix=PREFIX)
+        metrics.update({f"{PREFIX}/{k}": float(v) for k, v in outcome.metrics.items()})
+    else:
+        decoded = decode_features(test.examples, test.arrays, gathered.start_logits, gathered.end_logits,
+                                  **decode.as_kwargs())
+        paths = write_predictions(settings.output_dir / f"{PREFIX}_predictions.json", decoded,
+                                  version_2_with_negative=decode.version_2_with_negative)
+    for k, v in gathered.timings.items():
+        metrics[f"{PREFIX}/time_{k}"] = float(v)
+    metrics[f"{PREFIX}/time_total_s"] = time.perf_counter() - t0
+    logger.info("test: %d predictions written (%s)", len(test.examples.ids), ", ".join(p.name for p in paths))
+    return metrics
