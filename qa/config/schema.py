@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qa.eval.settings import DecodeSettings
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -100,8 +102,8 @@ class TrainConfig:
         default="epoch", metadata=_help("Evaluate after each epoch, every eval_steps, or only at the end"))
     eval_steps: int | None = field(default=None, metadata=_help("Evaluate every N steps (eval_strategy steps)"))
     # --- evaluation ---------------------------------------------------------------------------
-    n_best_size: int = field(default=20, metadata=_help("Start/end candidates per window when decoding"))
-    max_answer_length: int = field(default=30, metadata=_help("Longest answer span in tokens"))
+    n_best_size: int = field(default=DecodeSettings.n_best_size, metadata=_help("Start/end candidates per window when decoding"))
+    max_answer_length: int = field(default=DecodeSettings.max_answer_length, metadata=_help("Longest answer span in tokens"))
     null_score_diff_threshold: float = field(
         default=0.0, metadata=_help("SQuAD v2: predict no answer when null beats the best span by more"))
     save_logits: bool = field(default=False, metadata=_help("Also save start/end logits of evaluation"))

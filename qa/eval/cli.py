@@ -20,6 +20,7 @@ from typing import Any
 
 from qa.eval.evaluator import DECODE_DEFAULTS, RUN_CONFIG_FILES, decode_and_score
 from qa.eval.outputs import load_eval_arrays, metrics_json, write_eval_outputs
+from qa.eval.settings import DecodeSettings
 
 # ---------------------------------------------------------------------------------------------------
 # CLI
@@ -63,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                     "eval_features.npz, eval_examples.jsonl). Decoding settings default to the run's "
                     "run_config.json (or run_config.yaml), then to the values shown.")
     p.add_argument("--output_dir", required=True, type=Path, help="run directory holding the saved arrays")
-    p.add_argument("--n_best_size", type=int, default=None, help="default: run config, else 20")
-    p.add_argument("--max_answer_length", type=int, default=None, help="default: run config, else 30")
+    p.add_argument("--n_best_size", type=int, default=None, help=f"default: run config, else {DecodeSettings.n_best_size}")
+    p.add_argument("--max_answer_length", type=int, default=None, help=f"default: run config, else {DecodeSettings.max_answer_length}")
     p.add_argument("--null_score_diff_threshold", type=float, default=None,
                    help="default: run config, else 0.0")
     p.add_argument("--version_2_with_negative", type=_str2bool, default=None, metavar="true|false",

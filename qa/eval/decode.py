@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from qa.eval.settings import DecodeSettings
 from qa.eval.trim import SpanTrimmer
 
 __all__ = ["Decoded", "decode", "pack_offsets"]
@@ -207,8 +208,8 @@ def _gc_paused() -> Iterator[None]:
 
 
 def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_index: np.ndarray,
-           offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, *, n_best_size: int = 20,
-           max_answer_length: int = 30, version_2_with_negative: bool = False,
+           offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, *, n_best_size: int = DecodeSettings.n_best_size,
+           max_answer_length: int = DecodeSettings.max_answer_length, version_2_with_negative: bool = False,
            null_score_diff_threshold: float = 0.0, cls_index: np.ndarray | None = None) -> Decoded:
     """Best answer text and n-best list per example from per-feature start/end logits.
 

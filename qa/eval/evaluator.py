@@ -9,16 +9,14 @@ from typing import Any
 import numpy as np
 
 from qa.eval.decode import Decoded, decode
+from qa.eval.settings import DecodeSettings
 from qa.eval.squad_metrics import squad_v1, squad_v2
 
 LOGITS_FILE = "eval_logits.npz"
 FEATURES_FILE = "eval_features.npz"
 EXAMPLES_FILE = "eval_examples.jsonl"
 RUN_CONFIG_FILES = ("run_config.json", "run_config.yaml")
-DECODE_DEFAULTS: dict[str, Any] = {
-    "n_best_size": 20, "max_answer_length": 30, "version_2_with_negative": False,
-    "null_score_diff_threshold": 0.0,
-}
+DECODE_DEFAULTS: dict[str, Any] = DecodeSettings().as_kwargs()  # the defaults live in qa/eval/settings.py
 
 
 @dataclass
@@ -54,7 +52,7 @@ def _as_logits(x: Any) -> np.ndarray:
 
 
 def decode_features(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
-                    n_best_size: int = 20, max_answer_length: int = 30, version_2_with_negative: bool = False,
+                    n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length, version_2_with_negative: bool = False,
                     null_score_diff_threshold: float = 0.0) -> Decoded:
     """Answers from per-window logits ([n_features, L]): evaluation, prediction and the API all decode here."""
     return decode(
@@ -67,7 +65,7 @@ def decode_features(examples: EvalExamples, feats: EvalFeatures, start_logits: A
 
 
 def decode_and_score(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
-                     n_best_size: int = 20, max_answer_length: int = 30,
+                     n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length,
                      version_2_with_negative: bool = False,
                      null_score_diff_threshold: float = 0.0) -> EvalOutcome:
     """Decode gathered logits ([n_features, L]) into answers and score them against the gold answers.

@@ -27,6 +27,7 @@ from qa.distributed.gather import LOGIT_PAD, eval_batches
 from qa.errors import ConfigError, DataError
 from qa.eval.decode import Decoded, pack_offsets
 from qa.eval.evaluator import EvalExamples, EvalFeatures, decode_features
+from qa.eval.settings import DecodeSettings
 
 Answer = dict[str, Any]
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -109,9 +110,9 @@ class QuestionAnswerer:
     # -------------------------------------------------------------------------------------------
 
     def __call__(self, question: str | Sequence[str], context: str | Sequence[str], *, top_k: int = 1,
-                 max_answer_len: int = 30, max_seq_len: int = 384, doc_stride: int = 128,
+                 max_answer_len: int = DecodeSettings.max_answer_length, max_seq_len: int = 384, doc_stride: int = 128,
                  handle_impossible_answer: bool = False, null_score_diff_threshold: float = 0.0,
-                 batch_size: int = 32, n_best_size: int = 20) -> Answer | list[Answer] | list[list[Answer]]:
+                 batch_size: int = 32, n_best_size: int = DecodeSettings.n_best_size) -> Answer | list[Answer] | list[list[Answer]]:
         """Answers as the pipeline returned them: a dict for one question (a list of up to ``top_k`` dicts
         when ``top_k > 1``), a list of those for a list of questions. One question may go with many contexts
         and the reverse.
@@ -143,9 +144,9 @@ class QuestionAnswerer:
         return results[0] if single else results
 
     def predict(self, ids: Sequence[str], questions: Sequence[str], contexts: Sequence[str], *,
-                max_answer_len: int = 30, max_seq_len: int = 384, doc_stride: int = 128,
+                max_answer_len: int = DecodeSettings.max_answer_length, max_seq_len: int = 384, doc_stride: int = 128,
                 handle_impossible_answer: bool = False, null_score_diff_threshold: float = 0.0,
-                batch_size: int = 32, n_best_size: int = 20, progress: bool = False,
+                batch_size: int = 32, n_best_size: int = DecodeSettings.n_best_size, progress: bool = False,
                 source: str = "input") -> Decoded:
         """Windows, logits and evaluation's decoding for many examples: what ``predictions.json`` holds."""
         for key, value in (("max_answer_len", max_answer_len), ("batch_size", batch_size),

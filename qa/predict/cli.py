@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qa.errors import EXIT_USER_ERROR, UserError
+from qa.eval.settings import DecodeSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,10 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_predict_samples", type=int, default=None, help="answer only the first N questions")
     p.add_argument("--top_k", type=int, default=1, help="answers per question (--question only)")
     # Both spellings: the pipeline's names and the training config's.
-    p.add_argument("--max_answer_len", "--max_answer_length", dest="max_answer_len", type=int, default=30)
+    p.add_argument("--max_answer_len", "--max_answer_length", dest="max_answer_len", type=int, default=DecodeSettings.max_answer_length)
     p.add_argument("--max_seq_len", "--max_seq_length", dest="max_seq_len", type=int, default=384)
     p.add_argument("--doc_stride", type=int, default=128, help="tokens shared by consecutive windows")
-    p.add_argument("--n_best_size", type=int, default=20)
+    p.add_argument("--n_best_size", type=int, default=DecodeSettings.n_best_size)
     p.add_argument("--handle_impossible_answer", "--version_2_with_negative", dest="handle_impossible_answer",
                    action="store_true", help="SQuAD v2: answer \"\" when the null answer wins")
     p.add_argument("--null_score_diff_threshold", type=float, default=0.0)

@@ -200,7 +200,7 @@ def test_with_tracking_is_report_to_wandb(tmp_path: Path) -> None:
 
 
 def test_predict_keys_are_checked() -> None:
-    with pytest.raises(ConfigError, match=r"^test_file: set test_file or dataset_name"):
+    with pytest.raises(ConfigError, match=r"^test_file: set test_file"):
         load_config(_base("--do_predict"))
     with pytest.raises(ConfigError, match=r"^test_file: file not found: /nonexistent/test.json"):
         load_config(_base("--do_predict", "--test_file", "/nonexistent/test.json"))
