@@ -30,7 +30,8 @@ qa_parse_args() {
 }
 
 # qa_run_and_requeue NAME OUTPUT_DIR COMMAND...: runs COMMAND, forwards TERM/USR1 to it once each, and exits
-# with its status, or 42 when the run left OUTPUT_DIR/PREEMPTED (torchrun does not carry the workers' 42).
+# with its status, or 42 when the run left OUTPUT_DIR/PREEMPTED (torchrun does not carry the workers' 42), or
+# 130 after Ctrl-C (the launcher itself exits 1: torchrun's agent re-raises the signal it handled).
 qa_run_and_requeue() {
   local name=$1 output_dir=$2
   shift 2
@@ -38,8 +39,12 @@ qa_run_and_requeue() {
   "$@" &
   QA_CHILD=$!
   QA_GOT_SIGNAL=0
+  QA_GOT_INT=0
   trap 'qa_forward TERM' TERM
   trap 'qa_forward USR1' USR1
+  # Ctrl-C reaches the launcher from the terminal (same process group), which passes it to the workers once;
+  # forwarding it again would be a second Ctrl-C (exit at once, no checkpoint). So only wait for the run.
+  trap 'QA_GOT_SIGNAL=1; QA_GOT_INT=1' INT
   local rc=0
   while :; do  # `wait` returns early when a trapped signal arrives
     QA_GOT_SIGNAL=0
@@ -50,6 +55,10 @@ qa_run_and_requeue() {
     echo "$name: preempted at step $(cat "$output_dir/PREEMPTED"); rerun with" \
       "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
     exit 42
+  fi
+  if ((QA_GOT_INT)); then
+    echo "$name: interrupted (launcher status $rc); rerun with --resume_from_checkpoint auto to continue" >&2
+    exit 130
   fi
   exit "$rc"
 }

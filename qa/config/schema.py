@@ -74,6 +74,9 @@ class TrainConfig:
     eval_sample_table_size: int = 16
     # --- outputs, checkpoints, resume ----------------------------------------------------------
     output_dir: str = "outputs/run"
+    # A fresh run refuses an output_dir holding another run's checkpoints or final model; this moves that
+    # directory aside (to <output_dir>.old-<UTC time>, nothing deleted) first. See qa/trainer/output_dir.py.
+    overwrite_output_dir: bool = False
     run_name: str | None = None
     # An int (every N optimizer steps), "epoch", or null (no intermediate checkpoints).
     checkpointing_steps: int | Literal["epoch"] | None = None

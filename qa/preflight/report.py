@@ -14,6 +14,7 @@ from qa.config import TrainConfig
 from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
 from qa.preflight.counts import Schedule, count_data, training_schedule
 from qa.preflight.memory import GIB, count_parameters, estimate_memory
+from qa.preflight.ops import describe_ops
 
 # ---------------------------------------------------------------------------------------------------------
 # The plan
@@ -106,6 +107,7 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
                 f"loading (zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
     if cfg.torch_compile:
         row("torch.compile", "on")
+    row("DeepSpeed ops", describe_ops(ds, cuda))  # a JIT build delays the first step by minutes
 
     section("model")
     row("model", f"{cfg.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))

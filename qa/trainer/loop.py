@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qa.checkpoint.state import step_name
 from qa.model.loss import padding_invariant_qa_loss
+from qa.trainer import startup
 from qa.trainer.perf import gpu_peak_tflops, model_shape, peak_memory_gb, train_flops
 from qa.trainer.preemption import write_marker
 
@@ -25,7 +28,7 @@ from qa.trainer.export import export_model
 
 logger = logging.getLogger(__name__)
 
-COMPLETED, PREEMPTED = "completed", "preempted"
+COMPLETED, PREEMPTED, INTERRUPTED = "completed", "preempted", "interrupted"
 
 
 class _Meter:
@@ -54,7 +57,7 @@ def _model_inputs(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str,
 
 
 def train(run: Run) -> str:
-    """Train from ``run.state`` to the end (or until preempted). Returns COMPLETED or PREEMPTED."""
+    """Train from ``run.state`` to the end (or until a signal). Returns COMPLETED, PREEMPTED or INTERRUPTED."""
     acc, cfg, st = run.accelerator, run.cfg, run.state
     model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
     meter = _Meter()
@@ -91,6 +94,7 @@ def train(run: Run) -> str:
             if not acc.sync_gradients:
                 continue
             st.global_step += 1
+            startup.first_step()  # logs the start-up timeline once
             if acc.optimizer_step_was_skipped:
                 st.skipped_steps += 1
             bar.update(1)
@@ -198,7 +202,8 @@ def _preempt(run: Run, train_time: float) -> str:
     st = run.state
     st.train_time_s = train_time
     grace = run.cfg.preemption_grace_seconds
-    logger.warning("preemption signal: checkpointing at step %d (%.0fs of grace left)", st.global_step,
+    what = "interrupted (SIGINT)" if run.preemption.interrupted else "preemption signal"
+    logger.warning("%s: checkpointing at step %d (%.0fs of grace left)", what, st.global_step,
                    run.preemption.remaining(grace))
     if run.checkpointer.last_saved_step != st.global_step:  # this step may already be saved
         save_checkpoint(run)
@@ -207,10 +212,14 @@ def _preempt(run: Run, train_time: float) -> str:
     except Exception as e:  # noqa: BLE001 - the local checkpoint is complete; requeue must still happen
         logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
                      "is complete and auto-resume will use it", e)
-    if run.accelerator.is_main_process:
+    if run.accelerator.is_main_process and not run.preemption.interrupted:  # Ctrl-C: no requeue
         write_marker(run.cfg.output_dir, st.global_step)
+    if run.accelerator.is_main_process:
+        print(f"{what}: stopped at step {st.global_step}; checkpoint "
+              f"{run.checkpointer.root / step_name(st.global_step)}; continue with --resume_from_checkpoint auto",
+              file=sys.stderr, flush=True)
     run.accelerator.wait_for_everyone()
-    return PREEMPTED
+    return INTERRUPTED if run.preemption.interrupted else PREEMPTED
 
 
 

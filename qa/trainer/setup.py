@@ -26,6 +26,7 @@ from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.trainer.export import export_model
 from qa.trainer.loop import total_steps
+from qa.trainer.output_dir import check_resume_target, claim_output_dir
 from qa.trainer.preemption import PreemptionHandler, clear_marker
 
 if TYPE_CHECKING:
@@ -92,9 +93,11 @@ def start(cfg: TrainConfig) -> Run:
     _setup_logging(accelerator.is_main_process)
     set_seed(cfg.seed)
     precision = resolve_precision(cfg)
+    claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
     store, uploader = _storage(cfg, accelerator)
     checkpointer = Checkpointer(cfg, accelerator, store, uploader)
     resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
+    check_resume_target(cfg, resume_path, accelerator)  # not past max_train_steps
     state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes, data_order=data_order_key(cfg))
     if resume_path is not None:
         state.tracker_run_id = TrainState.from_file(resume_path / "trainer_state.json").tracker_run_id
