@@ -22,6 +22,12 @@ qa_parse_args() {
     else PYTHON=python3
     fi
   fi
+  # DeepSpeed's JIT-built ops (CPU collectives, CPU Adam) are cached per environment, never in the ~/.cache
+  # that every venv of the user shares (another torch there means a rebuild of minutes, or a stale op).
+  if [[ -z ${TORCH_EXTENSIONS_DIR:-} ]]; then
+    TORCH_EXTENSIONS_DIR="$("$PYTHON" -c 'import sys; print(sys.prefix)')/torch_extensions"
+    export TORCH_EXTENSIONS_DIR
+  fi
   # torchrun's agent forwards these signals to the workers (they run in sessions of their own, so nothing
   # else reaches them) and waits this long for them to checkpoint before it kills them.
   export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
