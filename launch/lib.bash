@@ -41,6 +41,11 @@ qa_parse_args() {
 qa_run_and_requeue() {
   local name=$1 output_dir=$2
   shift 2
+  if [[ -n ${QA_LAUNCH_ECHO:-} ]]; then  # show the launch instead of running it
+    printf '%q ' "$@"
+    echo
+    exit 0
+  fi
   rm -f "$output_dir/PREEMPTED"  # left by an earlier, preempted attempt
   "$@" &
   QA_CHILD=$!

@@ -164,7 +164,7 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     row("evaluation", _eval_line(cfg, sched))
     row("checkpoints", _checkpoint_line(cfg, sched))
     row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
-                      "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue)")
+                      "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue); Ctrl-C -> checkpoint, exit 130")
     row("resume", _resume_line(cfg))
     row("logging", f"every {cfg.logging_steps} step(s)")
 

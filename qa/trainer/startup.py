@@ -79,7 +79,8 @@ def prepare_process() -> None:
     watch_launcher()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupted_early)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+    if not os.environ.get("TORCH_EXTENSIONS_DIR"):  # unset or empty (torch would build into the cwd)
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
     quiet_repeated_warnings()
     own = _create_time(os.getpid()) or time.time()
     _marks.clear()

@@ -131,3 +131,16 @@ def test_a_live_run_holds_the_dir_and_a_dead_ones_lock_is_taken_over(tmp_path: P
 def test_holder_text() -> None:
     assert od._describe("123 node7") == "pid 123 on host node7"
     assert od._describe("") == "another process"
+
+
+def test_launch_scripts_refuse_another_runs_dir_before_launching(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures import REPO
+    from qa.preflight.launch import main as launch_info
+
+    monkeypatch.chdir(REPO)
+    out = _previous_run(tmp_path / "run")
+    assert launch_info(["launch-info", "2", "0", "--config", "configs/demo_cpu.yaml", "--output_dir", str(out)]) == 2
+    assert "already holds another run" in capsys.readouterr().err
+    assert launch_info(["launch-info", "2", "0", "--config", "configs/demo_cpu.yaml", "--output_dir", str(out),
+                        "--resume_from_checkpoint", "auto"]) == 0
