@@ -11,8 +11,11 @@ claim. Two guards, both here:
   changed (a reparented orphan). It covers kernels without prctl and a parent that died before the prctl call.
   It sleeps between checks, so it costs the training step nothing measurable.
 
-Only a worker that a launcher started is guarded: under plain ``python train.py`` the parent is a shell, which
-may legitimately go away (``nohup``).
+Only the workers of torchrun's elastic agent are guarded: the agent handles SIGTERM/SIGINT itself, passes them
+on and waits for the workers, so its death means nobody is left to collect them. Under plain ``python train.py``
+the parent is a shell, which may legitimately go away (``nohup``); accelerate's one-process "simple" launcher
+dies of a Ctrl-C at once (KeyboardInterrupt), while its worker, which got the same Ctrl-C, still has a
+checkpoint to write.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ POLL_S = 1.0
 
 def launched_by_launcher(env: Mapping[str, str]) -> bool:
     """Started by torchrun's elastic agent (accelerate's multi-process launchers) or accelerate's simple launcher."""
-    # The agent sets TORCHELASTIC_RUN_ID for its workers; accelerate's simple launcher always sets
-    # ACCELERATE_USE_CPU (accelerate/utils/launch.py: prepare_simple_launcher_cmd_env).
-    return "TORCHELASTIC_RUN_ID" in env or "ACCELERATE_USE_CPU" in env
+    # accelerate's simple launcher always sets ACCELERATE_USE_CPU (accelerate/utils/launch.py:
+    # prepare_simple_launcher_cmd_env).
+    return started_by_agent(env) or "ACCELERATE_USE_CPU" in env
+
+
+def started_by_agent(env: Mapping[str, str]) -> bool:
+    """Started by torchrun's elastic agent, which sets TORCHELASTIC_RUN_ID for its workers."""
+    return "TORCHELASTIC_RUN_ID" in env
 
 
 def _set_parent_death_signal() -> bool:
@@ -55,8 +63,8 @@ def _watch(parent: int) -> None:
 
 
 def watch_launcher(env: Mapping[str, str] | None = None) -> bool:
-    """Make this process die with its launcher. Returns whether it is guarded (only launched workers are)."""
-    if not launched_by_launcher(os.environ if env is None else env):
+    """Make this process die with its launcher. Returns whether it is guarded (only an agent's workers are)."""
+    if not started_by_agent(os.environ if env is None else env):
         return False
     parent = os.getppid()
     _set_parent_death_signal()

@@ -67,14 +67,17 @@ PROBE = textwrap.dedent("""
 
 
 def test_only_launched_workers_are_tied_to_their_parent() -> None:
-    """`python train.py` from a shell (or under nohup) must survive the shell; a launched worker must not."""
+    """`python train.py` from a shell (or under nohup) must survive the shell; an agent's worker must not."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_GET_PDEATHSIG is Linux only")
     assert ctypes.CDLL(None).prctl  # the probe below needs it
     plain = {k: v for k, v in LAUNCHED.items() if k not in ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")}
     out = subprocess.run([sys.executable, "-c", PROBE], env=plain, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().split(maxsplit=2) == ["False", "0", "[]"], out.stderr
-    for marker in ({"TORCHELASTIC_RUN_ID": "x"}, {"ACCELERATE_USE_CPU": "False"}):  # torchrun / accelerate
-        out = subprocess.run([sys.executable, "-c", PROBE], env={**plain, **marker}, capture_output=True,
-                             text=True, timeout=60)
-        assert out.stdout.strip().split(maxsplit=2) == ["True", str(int(signal.SIGKILL)), "['qa-launcher-watchdog']"]
+    # accelerate's one-process launcher dies of a terminal's Ctrl-C before its worker has checkpointed: not tied
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**plain, "ACCELERATE_USE_CPU": "False"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().split(maxsplit=2) == ["False", "0", "[]"], out.stderr
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**plain, "TORCHELASTIC_RUN_ID": "x"},  # torchrun's
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().split(maxsplit=2) == ["True", str(int(signal.SIGKILL)), "['qa-launcher-watchdog']"]
