@@ -9,6 +9,7 @@ export DS_BUILD_OPS := 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 # DeepSpeed JIT-builds small CPU ops; a per-checkout cache keeps checkouts with other venvs from rebuilding them.
+# The same place train.py and launch/ use by default: <sys.prefix>/torch_extensions of the venv.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
 .PHONY: venv demo test test-fast lint bench clean
@@ -19,6 +20,8 @@ venv: $(VENV)/.installed
 # default (CUDA) build as a dependency of transformers/deepspeed and pull gigabytes.
 # deepspeed ships as an sdist whose setup.py imports torch, so it is built without isolation
 # against the torch we just installed (isolation would fetch a second, CUDA torch).
+# On CPU machines DeepSpeed JIT-builds its shared-memory collectives op (deepspeed_shm_comm) on the first launch:
+# about 2.5 minutes on 2 cores. It is built here once, into TORCH_EXTENSIONS_DIR, so no launch waits for it.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
@@ -30,6 +33,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	fi
 	$(PY) -m pip install -q --no-build-isolation -r requirements.lock
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	if [ "$(DS_ACCELERATOR)" = cpu ]; then \
+	  $(PY) -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"; \
+	fi
 	touch $@
 
 demo: venv

@@ -6,35 +6,44 @@ Read top to bottom: each line is one step of the run; the steps live in ``qa/``.
 data, resume target, storage) on any rank ends every rank with one line and exit status 2.
 """
 
+# ruff: noqa: E402
+# (prepare_process() must run before torch, transformers and DeepSpeed are imported)
 from __future__ import annotations
 
 import sys
 
+from qa.trainer import startup
+
+startup.prepare_process()  # dies with its launcher, DeepSpeed op cache, repeated warnings once, start clock
+
 from qa.config import TrainConfig, load_config
-from qa.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
+from qa.errors import EXIT_USER_ERROR, UserError
 from qa.preflight.checks import check_launch
 from qa.preflight.report import describe_plan
 from qa.trainer import prediction, setup
 from qa.trainer.evaluation import evaluate
-from qa.trainer.loop import COMPLETED, PREEMPTED, Trainer
+from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 from qa.trainer.parts import EvalSettings, LoopSettings
 
 
 def run(cfg: TrainConfig) -> int:
-    session = setup.start(cfg)  # accelerator, input checks, storage, checkpoint to resume, tracker
+    session = setup.start(cfg)  # accelerator, input checks, output_dir claim, storage, resume target, tracker
+    startup.mark("setup")
     data = setup.prepare_data(cfg, session)  # examples -> cached features (main process first)
     test = prediction.prepare_data(cfg, session, data.tokenizer) if cfg.do_predict else None  # answers optional
+    startup.mark("data")
     model = setup.build_model(cfg, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
+    startup.mark("model")
     eval_settings = EvalSettings.from_config(cfg)
     if data.eval is not None and cfg.eval_before_training:
         evaluate(session, model, data.eval, eval_settings, tag="eval_before")  # the baseline to beat
     outcome = COMPLETED
     if cfg.do_train:
         outcome = Trainer(session, model, data, LoopSettings.from_config(cfg), eval_settings).train()
-    if outcome == PREEMPTED:
+    if outcome in (PREEMPTED, INTERRUPTED):
         setup.finish(cfg, session, outcome)  # upload finished within the grace period
-        return EXIT_PREEMPTED  # launch/ scripts requeue on this code
+        return session.preemption.exit_code  # EXIT_PREEMPTED (launch/ scripts requeue), or 130 after Ctrl-C
     if data.eval is not None:
         evaluate(session, model, data.eval, eval_settings, tag="eval")  # gather, decode and score on rank 0
     if test is not None:
@@ -46,6 +55,7 @@ def run(cfg: TrainConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup.mark("imports")
     try:
         cfg = load_config(argv)  # every key checked before any model or GPU work
         check_launch(cfg)  # this launch can run this config (batch, precision, ZeRO)

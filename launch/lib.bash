@@ -22,6 +22,12 @@ qa_parse_args() {
     else PYTHON=python3
     fi
   fi
+  # DeepSpeed's JIT-built ops (CPU collectives, CPU Adam) are cached per environment, never in the ~/.cache
+  # that every venv of the user shares (another torch there means a rebuild of minutes, or a stale op).
+  if [[ -z ${TORCH_EXTENSIONS_DIR:-} ]]; then
+    TORCH_EXTENSIONS_DIR="$("$PYTHON" -c 'import sys; print(sys.prefix)')/torch_extensions"
+    export TORCH_EXTENSIONS_DIR
+  fi
   # torchrun's agent forwards these signals to the workers (they run in sessions of their own, so nothing
   # else reaches them) and waits this long for them to checkpoint before it kills them.
   export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
@@ -30,16 +36,26 @@ qa_parse_args() {
 }
 
 # qa_run_and_requeue NAME OUTPUT_DIR COMMAND...: runs COMMAND, forwards TERM/USR1 to it once each, and exits
-# with its status, or 42 when the run left OUTPUT_DIR/PREEMPTED (torchrun does not carry the workers' 42).
+# with its status, or 42 when the run left OUTPUT_DIR/PREEMPTED (torchrun does not carry the workers' 42), or
+# 130 after Ctrl-C (the launcher itself exits 1: torchrun's agent re-raises the signal it handled).
 qa_run_and_requeue() {
   local name=$1 output_dir=$2
   shift 2
+  if [[ -n ${QA_LAUNCH_ECHO:-} ]]; then  # show the launch instead of running it
+    printf '%q ' "$@"
+    echo
+    exit 0
+  fi
   rm -f "$output_dir/PREEMPTED"  # left by an earlier, preempted attempt
   "$@" &
   QA_CHILD=$!
   QA_GOT_SIGNAL=0
+  QA_GOT_INT=0
   trap 'qa_forward TERM' TERM
   trap 'qa_forward USR1' USR1
+  # Ctrl-C reaches the launcher from the terminal (same process group), which passes it to the workers once;
+  # forwarding it again would be a second Ctrl-C (exit at once, no checkpoint). So only wait for the run.
+  trap 'QA_GOT_SIGNAL=1; QA_GOT_INT=1' INT
   local rc=0
   while :; do  # `wait` returns early when a trapped signal arrives
     QA_GOT_SIGNAL=0
@@ -50,6 +66,10 @@ qa_run_and_requeue() {
     echo "$name: preempted at step $(cat "$output_dir/PREEMPTED"); rerun with" \
       "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
     exit 42
+  fi
+  if ((QA_GOT_INT)); then
+    echo "$name: interrupted (launcher status $rc); rerun with --resume_from_checkpoint auto to continue" >&2
+    exit 130
   fi
   exit "$rc"
 }

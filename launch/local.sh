@@ -11,12 +11,15 @@
 #   * S3 credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION, or AWS_PROFILE or an
 #     instance role) when the config sets s3_uri, and WANDB_API_KEY for online W&B (else W&B runs offline);
 #   * HF_HUB_OFFLINE=1 and a filled HF cache on machines without internet.
+# QA_LAUNCH_ECHO=1 prints the launcher command instead of running it.
 #
 # The accelerate config is picked from configs/accelerate/ to match the run config's DeepSpeed JSON, and
 # --deepspeed_config_file passes that JSON so the launcher and the run config always agree.
-# Exit status: train.py's, except 42 (PREEMPTED_EXIT_CODE) when the run checkpointed after SIGTERM/SIGUSR1
-# and left output_dir/PREEMPTED (torchrun's own status does not carry the workers' 42 through).
-# Send SIGTERM or SIGUSR1 to this script's PID (not its process group: a second signal skips the checkpoint).
+# Exit status: 2 for a config error found before launching; 42 when the run checkpointed after SIGTERM/SIGUSR1
+# and left output_dir/PREEMPTED; 130 after Ctrl-C (checkpointed too); else the launcher's: 0, or 1 when a worker
+# failed (torchrun's own status carries neither the workers' 42 nor their 2 through).
+# Send SIGTERM or SIGUSR1 to this script's PID (not its process group: a second signal skips the checkpoint);
+# Ctrl-C in the terminal signals the whole group, which is right for SIGINT (the script does not forward it).
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/lib.bash

@@ -12,9 +12,10 @@
 #     torchrun's c10d rendezvous assigns the node ranks; output_dir on a filesystem all nodes share;
 #   * GPUs, or DS_ACCELERATOR=cpu for CPU runs (gloo, fp32);
 #   * S3 credentials (AWS_* or an instance role) when the config sets s3_uri, WANDB_API_KEY for online W&B.
+# QA_LAUNCH_ECHO=1 prints the torchrun command instead of running it.
 #
-# Exit status: train.py's, except 42 (PREEMPTED_EXIT_CODE) when the run checkpointed after SIGTERM/SIGUSR1
-# and left output_dir/PREEMPTED. Send signals to this script's PID, once.
+# Exit status: as launch/local.sh's (2 config error, 42 preempted, 130 Ctrl-C, else torchrun's 0 or 1). Send
+# SIGTERM/SIGUSR1 to this script's PID, once; Ctrl-C in the terminal reaches torchrun directly.
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/lib.bash

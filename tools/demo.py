@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,9 @@ def main() -> int:
     from qa.distributed.accelerator import free_port
 
     output_dir = REPO / "outputs" / "demo"
+    # The demo's own scratch directory: each demo starts clean (train.py refuses a fresh run into a directory
+    # holding another run's checkpoints, and --overwrite_output_dir would keep every old demo beside it).
+    shutil.rmtree(output_dir, ignore_errors=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qa-demo-s3-") as s3_dir, LocalS3Server(s3_dir) as server:
         env = {**os.environ, **server.env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),

@@ -112,6 +112,8 @@ class TrainConfig:
     eval_sample_table_size: int = field(default=16, metadata=_help("Predictions shown in the W&B sample table"))
     # --- outputs, checkpoints, resume ----------------------------------------------------------
     output_dir: str = field(default="outputs/run", metadata=_help("Where checkpoints, metrics and the model go"))
+    # A fresh run refuses an output_dir holding another run's checkpoints or final model; this moves that
+    # directory aside (to <output_dir>.old-<UTC time>, nothing deleted) first. See qa/trainer/output_dir.py.
     overwrite_output_dir: bool = field(
         default=False, metadata=_help("Allow writing into an output_dir that already holds a run"))
     run_name: str | None = field(default=None, metadata=_help("Run name; null: output_dir's last part"))

@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "version_2_with_negative": _str2bool(settings["version_2_with_negative"]),
             "null_score_diff_threshold": float(settings["null_score_diff_threshold"]),
         }
+        if args.null_score_diff_threshold is not None and not settings["version_2_with_negative"]:
+            # v1.1 has no unanswerable questions: the threshold would be accepted and change nothing.
+            raise ValueError(f"--null_score_diff_threshold only applies to SQuAD v2 runs (version_2_with_negative); "
+                             f"{out_dir} is a v1.1 evaluation" + (f" (per {config_path})" if config_path else ""))
         outcome = decode_and_score(examples, feats, start, end, **settings)
     except (ValueError, argparse.ArgumentTypeError) as e:
         print(f"error: {e}", file=sys.stderr)

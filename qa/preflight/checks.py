@@ -244,9 +244,15 @@ def _rank() -> int:
 def check_launch(cfg: TrainConfig) -> None:
     """Start-up check of the real launch (world size from the launcher's environment); warnings are logged."""
     import logging
+    import sys
 
     import torch
 
+    from qa.preflight.limits import check_sequence_length
+    from qa.preflight.process_count import check_process_count, parent_argv
+
+    check_process_count(cfg, os.environ, sys.argv, parent_argv())  # the simple launcher's one process
+    check_sequence_length(cfg)  # windows that fit the model's positions and the tokenizer
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for warning in check_plan(cfg, world, torch.cuda.is_available()):
         if _rank() == 0:

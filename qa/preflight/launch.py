@@ -14,6 +14,7 @@ from pathlib import Path
 from qa.config import TrainConfig, load_config
 from qa.errors import ConfigError
 from qa.preflight.checks import ACCELERATE_CONFIGS
+from qa.trainer.output_dir import check_output_dir
 
 # ---------------------------------------------------------------------------------------------------------
 # launch/ script helper (it runs before every launch)
@@ -39,6 +40,7 @@ def accelerate_config_for(cfg: TrainConfig, nproc: int, gpu: bool) -> str:
 
 def launch_info(argv: Sequence[str], *, nproc: int, gpu: bool) -> dict[str, str]:
     cfg = load_config(argv, check_files=False)
+    check_output_dir(cfg)  # another run's output_dir: exit 2 here rather than 1 from inside the launcher
     return {"output_dir": cfg.output_dir, "deepspeed": cfg.deepspeed or "",
             "accelerate_config": accelerate_config_for(cfg, nproc, gpu)}
 

@@ -14,6 +14,7 @@ from qa.config import TrainConfig
 from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
 from qa.preflight.counts import Schedule, count_data, training_schedule
 from qa.preflight.memory import GIB, count_parameters, estimate_memory
+from qa.preflight.ops import describe_ops
 from qa.tracking.wandb_sink import default_mode
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,6 +107,7 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
                 f"loading (zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
     if cfg.torch_compile:
         row("torch.compile", "on")
+    row("DeepSpeed ops", describe_ops(ds, cuda))  # a JIT build delays the first step by minutes
 
     section("model")
     row("model", f"{cfg.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))
@@ -167,7 +169,7 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
     row("evaluation", _eval_line(cfg, sched))
     row("checkpoints", _checkpoint_line(cfg, sched))
     row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
-                      "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue)")
+                      "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue); Ctrl-C -> checkpoint, exit 130")
     row("resume", _resume_line(cfg))
     row("logging", f"every {cfg.logging_steps} step(s)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Any
 
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qa.checkpoint.state import step_name
 from qa.model.loss import padding_invariant_qa_loss
+from qa.trainer import startup
 from qa.trainer.evaluation import evaluate
 from qa.trainer.export import export_model
 from qa.trainer.parts import Data, EvalSettings, LoopSettings, Model, Session, StepPlan
@@ -24,7 +27,7 @@ from qa.trainer.preemption import write_marker
 
 logger = logging.getLogger(__name__)
 
-COMPLETED, PREEMPTED = "completed", "preempted"
+COMPLETED, PREEMPTED, INTERRUPTED = "completed", "preempted", "interrupted"
 LOG, EVAL, CHECKPOINT = "log", "eval", "checkpoint"
 
 
@@ -86,7 +89,7 @@ class Trainer:
         return self._train_time_before + time.perf_counter() - self._t_start
 
     def train(self) -> str:
-        """Train from ``session.state`` to the end (or until preempted). Returns COMPLETED or PREEMPTED."""
+        """Train from ``session.state`` to the end (or until a signal). Returns COMPLETED, PREEMPTED or INTERRUPTED."""
         acc, st, cfg, plan = self.session.accelerator, self.session.state, self.settings, self.plan
         module, optimizer, scheduler = self.model.module, self.model.optimizer, self.model.scheduler
         meter = _Meter()
@@ -122,6 +125,7 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 st.global_step += 1
+                startup.first_step()  # logs the start-up timeline once
                 if acc.optimizer_step_was_skipped:
                     st.skipped_steps += 1
                 bar.update(1)
@@ -168,7 +172,9 @@ class Trainer:
         st, session = self.session.state, self.session
         st.train_time_s = self._elapsed()
         grace = self.settings.preemption_grace_seconds
-        logger.warning("preemption signal: checkpointing at step %d (%.0fs of grace left)", st.global_step,
+        interrupted = session.preemption.interrupted
+        what = "interrupted (SIGINT)" if interrupted else "preemption signal"
+        logger.warning("%s: checkpointing at step %d (%.0fs of grace left)", what, st.global_step,
                        session.preemption.remaining(grace))
         if session.checkpointer.last_saved_step != st.global_step:  # this step may already be saved
             self.save_checkpoint()
@@ -178,9 +184,13 @@ class Trainer:
             logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
                          "is complete and auto-resume will use it", e)
         if session.accelerator.is_main_process:
-            write_marker(self.settings.output_dir, st.global_step)
+            if not interrupted:  # Ctrl-C: the user stopped it, no requeue
+                write_marker(self.settings.output_dir, st.global_step)
+            print(f"{what}: stopped at step {st.global_step}; checkpoint "
+                  f"{session.checkpointer.root / step_name(st.global_step)}; continue with "
+                  "--resume_from_checkpoint auto", file=sys.stderr, flush=True)
         session.accelerator.wait_for_everyone()
-        return PREEMPTED
+        return INTERRUPTED if interrupted else PREEMPTED
 
     def _log_train(self, meter: _Meter, grad_norm: Any, shape: tuple[int, int, int], peak: float | None) -> None:
         acc, st = self.session.accelerator, self.session.state

@@ -34,6 +34,7 @@ from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.trainer.export import export_model
 from qa.trainer.loop import total_steps
+from qa.trainer.output_dir import check_resume_target, claim_output_dir
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
 
@@ -69,9 +70,11 @@ def start(cfg: TrainConfig) -> Session:
     set_seed(cfg.seed)
     precision = resolve_precision(cfg)
     on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
+    claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
     store, uploader = _storage(cfg, accelerator)
     checkpointer = Checkpointer(cfg, accelerator, store, uploader)
     resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
+    check_resume_target(cfg, resume_path, accelerator)  # not past max_train_steps
     state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes, data_order=data_order_key(cfg))
     if resume_path is not None:
         state.tracker_run_id = TrainState.from_file(resume_path / "trainer_state.json").tracker_run_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import torch.distributed
 from accelerate import Accelerator
 
 from qa.distributed.rank_zero import RankZeroError, broadcast_from_rank_zero, on_rank_zero
@@ -39,6 +40,9 @@ def main(out_path: str) -> None:
     seen["after"] = on_rank_zero(acc, lambda: 7)
     with open(f"{out_path}.{rank}", "w") as f:
         json.dump(seen, f)
+    acc.wait_for_everyone()
+    # Leave together: a rank that exits while its peer's gloo threads still talk to it can abort the peer.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -218,3 +218,11 @@ def test_write_eval_outputs_files(tmp_path):
     assert json.loads((out / "step10_predictions.json").read_text()) == outcome.decoded.predictions
     assert json.loads((out / "step10_nbest_predictions.json").read_text()) == outcome.decoded.nbest
     assert json.loads((out / "step10_eval_results.json").read_text()) == outcome.metrics
+
+
+def test_cli_null_threshold_on_a_v1_run_is_refused(tmp_path):
+    run_dir, _ = saved_run(tmp_path, v2=False)
+    res = run_cli("--output_dir", str(run_dir), "--null_score_diff_threshold", "1.5")
+    assert res.returncode == 2 and res.stdout == ""
+    assert "--null_score_diff_threshold only applies to SQuAD v2 runs" in res.stderr
+    assert "v1.1 evaluation (per" in res.stderr and "run_config.json" in res.stderr

@@ -39,3 +39,36 @@ def test_a_later_second_signal_exits_at_once() -> None:
     """)
     assert proc.returncode == 128 + 15
     assert "still running" not in proc.stdout
+
+
+def test_ctrl_c_stops_like_a_preemption_but_exits_130_without_requeue() -> None:
+    proc = _run("""
+        import os, signal, types
+        from qa.trainer.preemption import PreemptionHandler
+        h = PreemptionHandler().install()
+        one_rank = types.SimpleNamespace(device="cpu", num_processes=1)
+        print(h.should_stop(one_rank), h.interrupted, h.exit_code)
+        os.kill(os.getpid(), signal.SIGINT)
+        print(h.should_stop(one_rank), h.interrupted, h.exit_code)
+        h2 = PreemptionHandler().install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        print(h2.should_stop(one_rank), h2.interrupted, h2.exit_code)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == ["False False 42", "True True 130", "True False 42"]
+    assert "KeyboardInterrupt" not in proc.stderr
+
+
+def test_a_second_ctrl_c_exits_at_once_even_moments_later() -> None:
+    proc = _run("""
+        import os, signal
+        from qa.trainer.preemption import PreemptionHandler
+        PreemptionHandler().install()
+        os.kill(os.getpid(), signal.SIGINT)
+        print("first one: finishing the step", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)  # within the duplicate window: still a deliberate second Ctrl-C
+        print("still running")
+    """)
+    assert proc.returncode == 130
+    assert proc.stdout.strip() == "first one: finishing the step"
+    assert proc.stderr == ""  # no traceback
