@@ -9,6 +9,8 @@ its parameters."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from qa.config import TrainConfig
 from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
@@ -55,6 +57,33 @@ def _wandb_mode(env: dict[str, str] | os._Environ) -> str:
     return "online (WANDB_API_KEY is set)"
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the report is about, resolved once: every section reads these."""
+
+    cfg: TrainConfig
+    world_size: int
+    cuda: bool
+    precision: str
+    ds: dict[str, Any] | None
+    stage: int
+    off_opt: str
+    off_param: str
+    num_params: int | None
+    model_class: str
+    counts: Any
+    run_name: str
+    warnings: list[str]
+
+
+class _Lines(list):
+    def section(self, title: str) -> None:
+        self.append(title)
+
+    def row(self, key: str, value: str) -> None:
+        self.append(f"  {key:<20} {value}")
+
+
 def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool | None = None) -> str:
     """The resolved plan as text; "" on every rank but 0, so a launched dry run prints it once."""
     if _rank() != 0:
@@ -65,56 +94,67 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
 
     world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    warnings = check_plan(cfg, world_size, cuda)
     precision = resolve_precision(cfg, cuda)
     ds = load_deepspeed_config(cfg, world_size=world_size, precision=precision)
-    stage = zero_stage(ds)
     off_opt, off_param = _offload(ds)
     num_params, model_class = count_parameters(cfg)
-    counts = count_data(cfg)
-    run_name = cfg.resolved_run_name
+    f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, ds=ds, stage=zero_stage(ds),
+               off_opt=off_opt, off_param=off_param, num_params=num_params, model_class=model_class,
+               counts=count_data(cfg), run_name=cfg.resolved_run_name, warnings=check_plan(cfg, world_size, cuda))
+    lines = _Lines([f"Dry run for run '{f.run_name}': nothing is trained, no weights are loaded, nothing is "
+                    "written to output_dir."])
+    _launch(f, lines)
+    _model(f, lines)
+    _data(f, lines)
+    _schedule(f, lines)
+    _memory(f, lines)
+    _outputs(f, lines)
+    if f.warnings:
+        lines.section("warnings")
+        lines.extend(f"  - {w}" for w in f.warnings)
+    return "\n".join(lines)
 
-    lines: list[str] = []
 
-    def section(title: str) -> None:
-        lines.append(title)
-
-    def row(key: str, value: str) -> None:
-        lines.append(f"  {key:<20} {value}")
-
-    lines.append(f"Dry run for run '{run_name}': nothing is trained, no weights are loaded, nothing is "
-                 "written to output_dir.")
-    section("launch")
+def _launch(f: _Facts, lines: _Lines) -> None:
+    cfg, world_size, cuda, precision, ds, stage = f.cfg, f.world_size, f.cuda, f.precision, f.ds, f.stage
+    off_opt, off_param = f.off_opt, f.off_param
+    lines.section("launch")
     where = os.environ.get("WORLD_SIZE")
-    row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
+    lines.row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
                                                       " (WORLD_SIZE unset; set it to plan another launch)"))
-    row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
+    lines.row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
     prec_note = ""
     if cfg.mixed_precision == "auto":
         prec_note = " (mixed_precision: auto" + ("" if cuda else "; fp16 when launched on GPUs") + ")"
-    row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
+    lines.row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
         + prec_note)
     if ds is None:
-        row("distribution", "DDP (deepspeed: null), no ZeRO sharding")
+        lines.row("distribution", "DDP (deepspeed: null), no ZeRO sharding")
     else:
-        row("distribution", f"DeepSpeed ZeRO-{stage} from {cfg.deepspeed} (the run config's JSON wins over "
+        lines.row("distribution", f"DeepSpeed ZeRO-{stage} from {cfg.deepspeed} (the run config's JSON wins over "
                             "the accelerate config's)")
-        row("offload", f"optimizer states -> {off_opt}, parameters -> {off_param}")
+        lines.row("offload", f"optimizer states -> {off_opt}, parameters -> {off_param}")
         if stage == 3:
             init = os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true"
-            row("ZeRO-3", f"16-bit weights gathered for save_pretrained: "
+            lines.row("ZeRO-3", f"16-bit weights gathered for save_pretrained: "
                 f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; weights partitioned while "
                 f"loading (zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
     if cfg.torch_compile:
-        row("torch.compile", "on")
-    row("DeepSpeed ops", describe_ops(ds, cuda))  # a JIT build delays the first step by minutes
+        lines.row("torch.compile", "on")
+    lines.row("DeepSpeed ops", describe_ops(ds, cuda))  # a JIT build delays the first step by minutes
 
-    section("model")
-    row("model", f"{cfg.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))
-    row("parameters", f"{num_params:,} (Ψ)" if num_params is not None else model_class)
-    row("attention", str(cfg.attn_implementation or "model default"))
 
-    section("data")
+def _model(f: _Facts, lines: _Lines) -> None:
+    cfg, num_params, model_class = f.cfg, f.num_params, f.model_class
+    lines.section("model")
+    lines.row("model", f"{cfg.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))
+    lines.row("parameters", f"{num_params:,} (Ψ)" if num_params is not None else model_class)
+    lines.row("attention", str(cfg.attn_implementation or "model default"))
+
+
+def _data(f: _Facts, lines: _Lines) -> None:
+    cfg, world_size, counts = f.cfg, f.world_size, f.counts
+    lines.section("data")
     for key, want, src, n_ex, n_feat, unknown in (
             ("train", cfg.do_train, cfg.train_file or f"{cfg.dataset_name} train", counts.train_examples,
              counts.train_features, counts.train_unknown),
@@ -124,35 +164,39 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
             continue
         if n_feat is None:
             known = f"{n_ex:,} examples -> features " if n_ex is not None else ""
-            row(key, f"{src}: {known}{unknown}")
+            lines.row(key, f"{src}: {known}{unknown}")
         else:
-            row(key, f"{src}: {_int(n_ex)} examples -> {_int(n_feat)} features")
-    row("windows", f"max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride}"
+            lines.row(key, f"{src}: {_int(n_ex)} examples -> {_int(n_feat)} features")
+    lines.row("windows", f"max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride}"
         + (", SQuAD v2 (unanswerable questions)" if cfg.version_2_with_negative else ""))
 
-    section("batch")
+    lines.section("batch")
     micro, acc = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     global_batch = micro * world_size * acc
-    row("per device", f"{micro} train, {cfg.per_device_eval_batch_size} eval")
-    row("accumulation", f"{acc} micro-batch(es) per optimizer step")
-    row("global batch", f"{global_batch} = {micro} per device x {world_size} process(es) x {acc} accumulation"
+    lines.row("per device", f"{micro} train, {cfg.per_device_eval_batch_size} eval")
+    lines.row("accumulation", f"{acc} micro-batch(es) per optimizer step")
+    lines.row("global batch", f"{global_batch} = {micro} per device x {world_size} process(es) x {acc} accumulation"
         + ("" if cfg.total_train_batch_size is None else " (= total_train_batch_size)"))
 
-    section("schedule")
+
+def _schedule(f: _Facts, lines: _Lines) -> None:
+    cfg, world_size, counts, warnings = f.cfg, f.world_size, f.counts, f.warnings
+    global_batch = cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps
+    lines.section("schedule")
     sched: Schedule | None = None
     if cfg.do_train and counts.train_features is not None:
         sched = training_schedule(cfg, counts.train_features, world_size)
-        row("steps per epoch", f"{sched.steps_per_epoch:,} ({counts.train_features:,} features // "
+        lines.row("steps per epoch", f"{sched.steps_per_epoch:,} ({counts.train_features:,} features // "
                                f"{global_batch}; the remainder is dropped)")
         why = " (max_train_steps)" if cfg.max_train_steps is not None \
             else f" (num_train_epochs {cfg.num_train_epochs:g})"
-        row("optimizer steps", f"{sched.total_steps:,} over {sched.epochs} epoch(s){why}")
+        lines.row("optimizer steps", f"{sched.total_steps:,} over {sched.epochs} epoch(s){why}")
     elif cfg.do_train:
-        row("optimizer steps", f"unknown (needs the dataset): features // {global_batch} per epoch x "
+        lines.row("optimizer steps", f"unknown (needs the dataset): features // {global_batch} per epoch x "
                                f"{cfg.num_train_epochs:g} epoch(s)" if cfg.max_train_steps is None
             else f"{cfg.max_train_steps:,} (max_train_steps)")
     else:
-        row("optimizer steps", "0 (do_train: false)")
+        lines.row("optimizer steps", "0 (do_train: false)")
     if cfg.do_train:
         from qa.model.optim import warmup_steps
 
@@ -165,16 +209,20 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
             warm_text = f"{warm:,} warmup step(s){frac}"
             if total is not None and warm > total:
                 warnings.append(f"num_warmup_steps ({warm}) is more than the {total} optimizer steps")
-        row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, {warm_text}")
-    row("evaluation", _eval_line(cfg, sched))
-    row("checkpoints", _checkpoint_line(cfg, sched))
-    row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
+        lines.row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, {warm_text}")
+    lines.row("evaluation", _eval_line(cfg, sched))
+    lines.row("checkpoints", _checkpoint_line(cfg, sched))
+    lines.row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
                       "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue); Ctrl-C -> checkpoint, exit 130")
-    row("resume", _resume_line(cfg))
-    row("logging", f"every {cfg.logging_steps} step(s)")
+    lines.row("resume", _resume_line(cfg))
+    lines.row("logging", f"every {cfg.logging_steps} step(s)")
 
+
+def _memory(f: _Facts, lines: _Lines) -> None:
+    cfg, world_size, cuda, precision, ds, stage = f.cfg, f.world_size, f.cuda, f.precision, f.ds, f.stage
+    off_opt, off_param, num_params = f.off_opt, f.off_param, f.num_params
     n = world_size
-    section(f"memory per {'GPU' if cuda else 'process'} for model states (ZeRO-{stage}, N = {n}"
+    lines.section(f"memory per {'GPU' if cuda else 'process'} for model states (ZeRO-{stage}, N = {n}"
             + (f", Ψ = {num_params:,})" if num_params else ")"))
     mixed_states = ds is not None and precision in ("fp16", "bf16")
     est = None
@@ -183,12 +231,12 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
                               offload_optimizer=off_opt != "none", offload_params=off_param != "none")
     proto = estimate_memory(1, stage=stage, world_size=n, mixed_precision_states=mixed_states,
                             offload_optimizer=off_opt != "none", offload_params=off_param != "none")
-    row("formula", proto.formula)
+    lines.row("formula", proto.formula)
     if est is not None:
-        row("parameters", format_bytes(est.params_gpu))
-        row("gradients", format_bytes(est.grads_gpu))
-        row("optimizer states", format_bytes(est.optimizer_gpu))
-        row("total", format_bytes(est.gpu_total) + (f" (+ {format_bytes(est.host)} per rank offloaded to "
+        lines.row("parameters", format_bytes(est.params_gpu))
+        lines.row("gradients", format_bytes(est.grads_gpu))
+        lines.row("optimizer states", format_bytes(est.optimizer_gpu))
+        lines.row("total", format_bytes(est.gpu_total) + (f" (+ {format_bytes(est.host)} per rank offloaded to "
                                                       f"{off_opt if off_opt != 'none' else off_param})"
                                                       if est.host else ""))
         others = []
@@ -197,39 +245,37 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
             alt = estimate_memory(num_params, stage=s, world_size=n,
                                   mixed_precision_states=precision != "no" and (s > 0 or ds is not None))
             others.append(f"ZeRO-{s} {format_bytes(alt.gpu_total)}")
-        row("other stages", ", ".join(others) + " (no offload)")
+        lines.row("other stages", ", ".join(others) + " (no offload)")
     else:
-        row("total", "unknown (needs the model config for Ψ)")
+        lines.row("total", "unknown (needs the model config for Ψ)")
     if not cuda and cfg.mixed_precision == "auto" and num_params is not None and ds is not None:
         gpu_est = estimate_memory(num_params, stage=stage, world_size=n, mixed_precision_states=True,
                                   offload_optimizer=off_opt != "none", offload_params=off_param != "none")
-        row("on GPUs (fp16)", f"{format_bytes(gpu_est.gpu_total)}: mixed_precision auto means fp16 there")
-    row("not included", "activations (grow with per-device batch x sequence length; gradient checkpointing "
+        lines.row("on GPUs (fp16)", f"{format_bytes(gpu_est.gpu_total)}: mixed_precision auto means fp16 there")
+    lines.row("not included", "activations (grow with per-device batch x sequence length; gradient checkpointing "
                         "is off), DeepSpeed communication buckets, ZeRO-3's gathered layers, the CUDA "
                         "context and allocator fragmentation")
 
-    section("outputs")
-    row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all "
+
+def _outputs(f: _Facts, lines: _Lines) -> None:
+    cfg, run_name = f.cfg, f.run_name
+    lines.section("outputs")
+    lines.row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all "
                       "nodes share)")
-    row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
+    lines.row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
     if cfg.do_train:
-        row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")
+        lines.row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")
     if cfg.s3_uri:
         base = f"{cfg.s3_uri.rstrip('/')}/{run_name}"
-        row("S3", f"{base}/checkpoints/step_NNNNNNN/" + (f", {base}/final/" if cfg.do_train else "")
+        lines.row("S3", f"{base}/checkpoints/step_NNNNNNN/" + (f", {base}/final/" if cfg.do_train else "")
             + (f" (SSE {cfg.s3_sse})" if cfg.s3_sse else ""))
     else:
-        row("S3", "none (s3_uri not set)")
+        lines.row("S3", "none (s3_uri not set)")
     if cfg.report_to == "wandb":
-        row("W&B", f"project {cfg.wandb_project}, entity {cfg.wandb_entity or '(default)'}, group "
+        lines.row("W&B", f"project {cfg.wandb_project}, entity {cfg.wandb_entity or '(default)'}, group "
                    f"{cfg.wandb_group or run_name}, run {run_name}; {_wandb_mode(os.environ)}")
     else:
-        row("W&B", "off (report_to: none); console and metrics.jsonl only")
-
-    if warnings:
-        section("warnings")
-        lines.extend(f"  - {w}" for w in warnings)
-    return "\n".join(lines)
+        lines.row("W&B", "off (report_to: none); console and metrics.jsonl only")
 
 
 def _eval_line(cfg: TrainConfig, sched: Schedule | None) -> str:
