@@ -207,8 +207,8 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
                         "context and allocator fragmentation")
 
     section("outputs")
-    row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all "
-                      "nodes share)")
+    row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl on rank 0's node; each node's "
+                      "checkpoint files on its own; multi-node without s3_uri: a filesystem all nodes share)")
     row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
     if cfg.do_train:
         row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")

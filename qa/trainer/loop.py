@@ -176,8 +176,8 @@ class Trainer:
             session.checkpointer.wait_uploads(max(1.0, session.preemption.remaining(grace)))
         except Exception as e:  # noqa: BLE001 - the local checkpoint is complete; requeue must still happen
             logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
-                         "is complete and auto-resume will use it", e)
-        if session.accelerator.is_main_process:
+                         "is complete and auto-resume will use it if every node has it", e)
+        if session.accelerator.is_local_main_process:  # on every node's disk: the launch script reads its own
             write_marker(self.settings.output_dir, st.global_step)
         session.accelerator.wait_for_everyone()
         return PREEMPTED
