@@ -9,7 +9,8 @@
 # Expects from the environment:
 #   * the project's Python environment: an activated virtualenv, else ./.venv, else python3 (PYTHON=... wins);
 #   * multi-node: NNODES, MASTER_ADDR (a host every node reaches) and MASTER_PORT, the same on every node;
-#     torchrun's c10d rendezvous assigns the node ranks; output_dir on a filesystem all nodes share;
+#     torchrun's c10d rendezvous assigns the node ranks; output_dir on a filesystem all nodes share, unless
+#     the config sets s3_uri (then each node publishes and fetches its own ranks' checkpoint files);
 #   * GPUs, or DS_ACCELERATOR=cpu for CPU runs (gloo, fp32);
 #   * S3 credentials (AWS_* or an instance role) when the config sets s3_uri, WANDB_API_KEY for online W&B.
 # QA_LAUNCH_ECHO=1 prints the torchrun command instead of running it.

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,15 @@ from qa.checkpoint.store import (
     MANIFEST_NAME,
     MiB,
     StorageError,
+    build_manifest,
     fetch_dir,
+    fetch_files,
     key_parts,
+    manifest_body,
     parse_manifest,
+    parse_record,
     publish_dir,
+    put_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,16 +149,26 @@ class LocalStore:
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Copy and verify every file of ``local_dir``, then write the manifest; returns it."""
+        self._upload_base(key_prefix)
+        return publish_dir(self, local_dir, key_prefix, metadata, progress=progress)
+
+    def _upload_base(self, key_prefix: str) -> Path:
         base = self._path(key_prefix)
         if base == self.root:
             raise ValueError("give a non-empty key prefix: the store's root holds uploads, it is not one")
-        written_dirs: set[Path] = set()
+        return base
 
-        def drop_manifest() -> None:
-            with self._errors(f"removing {base / MANIFEST_NAME}"):
-                if (base / MANIFEST_NAME).is_file():
-                    (base / MANIFEST_NAME).unlink()
-                    _fsync_dir(base)
+    def drop_manifest(self, key_prefix: str) -> None:
+        base = self._upload_base(key_prefix)
+        with self._errors(f"removing {base / MANIFEST_NAME}"):
+            if (base / MANIFEST_NAME).is_file():
+                (base / MANIFEST_NAME).unlink()
+                _fsync_dir(base)
+
+    def upload_files(self, local_dir: str | os.PathLike[str], key_prefix: str, rels: Sequence[str], *,
+                     progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+        base = self._upload_base(key_prefix)
+        written_dirs: set[Path] = set()
 
         def put_file(path: Path, rel: str, size: int, digest: str) -> None:
             target = base.joinpath(*rel.split("/"))
@@ -165,18 +180,42 @@ class LocalStore:
                 raise StorageError(f"{path} changed while it was copied to {target} (expected size {size} sha256 "
                                    f"{digest}, copied size {got[0]} sha256 {got[1]})")
 
-        def put_manifest(body: bytes) -> None:
-            with self._errors(f"writing {base / MANIFEST_NAME}"):
-                base.mkdir(parents=True, exist_ok=True)  # an empty directory has no files to create it
-                # The data files' renames must be on disk before the manifest that vouches for them.
-                for d in sorted(written_dirs, key=lambda p: len(p.parts), reverse=True):
-                    _fsync_dir(d)
-                _write_durably(base / MANIFEST_NAME, iter([body]))
-                _fsync_dir(base)
-                _fsync_dir(base.parent)
+        with self._errors(f"reading {local_dir}"):
+            entries = put_files(Path(local_dir), rels, put_file)
+        # The renames must be on disk before any manifest or part record vouches for them.
+        for d in sorted(written_dirs, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(d)
+        return entries
 
-        return publish_dir(local_dir, metadata, label=self.uri_for(key_prefix), drop_manifest=drop_manifest,
-                           put_file=put_file, put_manifest=put_manifest, redact=self.redact)
+    def write_manifest(self, key_prefix: str, entries: Mapping[str, Mapping[str, Any]],
+                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        base = self._upload_base(key_prefix)
+        manifest = build_manifest(entries, metadata)
+        body = manifest_body(manifest, self.redact)
+        with self._errors(f"writing {base / MANIFEST_NAME}"):
+            base.mkdir(parents=True, exist_ok=True)  # an empty directory has no files to create it
+            _write_durably(base / MANIFEST_NAME, iter([body]))
+            _fsync_dir(base)
+            _fsync_dir(base.parent)
+        return manifest
+
+    def put_record(self, key: str, record: Mapping[str, Any]) -> None:
+        path = self._path(key)
+        body = manifest_body(record, self.redact)
+        with self._errors(f"writing {path}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_durably(path, iter([body]))
+            _fsync_dir(path.parent)
+
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        path = self._path(key)
+        try:
+            body = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise StorageError(f"reading {path} failed: {e}") from e
+        return parse_record(body, path.as_uri())
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -213,6 +252,17 @@ class LocalStore:
 
         return fetch_dir(manifest, local_dir, label=self.uri_for(key_prefix), get_file=get_file,
                          where=lambda rel: self.uri_for(f"{key_prefix}/{rel}"))
+
+    def download_files(self, key_prefix: str, local_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
+                       rels: Sequence[str]) -> None:
+        base = self._path(key_prefix)
+
+        def get_file(rel: str, target: Path) -> None:
+            with self._errors(f"copy of {self.uri_for(f'{key_prefix}/{rel}')}"):
+                shutil.copyfile(base.joinpath(*rel.split("/")), target)
+
+        fetch_files(manifest, rels, local_dir, get_file=get_file,
+                    where=lambda rel: self.uri_for(f"{key_prefix}/{rel}"))
 
     def delete_prefix(self, key_prefix: str) -> int:
         """Delete everything under ``key_prefix``, the manifest first; returns how many files."""

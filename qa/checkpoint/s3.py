@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,15 @@ from qa.checkpoint.store import (
     CorruptObjectError,
     MiB,
     StorageError,
+    build_manifest,
     fetch_dir,
+    fetch_files,
     key_parts,
+    manifest_body,
     parse_manifest,
+    parse_record,
     publish_dir,
+    put_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -264,12 +269,15 @@ class S3Store:
 
         ``progress`` receives byte counts as they are sent (from transfer threads).
         """
+        return publish_dir(self, local_dir, key_prefix, metadata, progress=progress)
+
+    def drop_manifest(self, key_prefix: str) -> None:
         manifest_key = self._key(key_prefix, MANIFEST_NAME)
+        with self._errors(f"deleting s3://{self.bucket}/{manifest_key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
 
-        def drop_manifest() -> None:
-            with self._errors(f"deleting s3://{self.bucket}/{manifest_key}"):
-                self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
-
+    def upload_files(self, local_dir: str | os.PathLike[str], key_prefix: str, rels: Sequence[str], *,
+                     progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
         def put_file(path: Path, rel: str, size: int, digest: str) -> None:
             key = self._key(key_prefix, rel)
             with self._errors(f"upload of {path} to s3://{self.bucket}/{key}"):
@@ -279,15 +287,37 @@ class S3Store:
                 )
                 self._verify_remote(key, size, digest)
 
-        def put_manifest(body: bytes) -> None:
-            with self._errors(f"upload of s3://{self.bucket}/{manifest_key}"):
-                self.client.put_object(
-                    Bucket=self.bucket, Key=manifest_key, Body=body, ContentType="application/json",
-                    ChecksumAlgorithm="SHA256", **self._sse_args(),
-                )
+        return put_files(Path(local_dir), rels, put_file)
 
-        return publish_dir(local_dir, metadata, label=self.uri_for(key_prefix), drop_manifest=drop_manifest,
-                           put_file=put_file, put_manifest=put_manifest, redact=self.redact)
+    def write_manifest(self, key_prefix: str, entries: Mapping[str, Mapping[str, Any]],
+                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        manifest = build_manifest(entries, metadata)
+        self._put_json(self._key(key_prefix, MANIFEST_NAME), manifest_body(manifest, self.redact))
+        return manifest
+
+    def put_record(self, key: str, record: Mapping[str, Any]) -> None:
+        self._put_json(self._key(key), manifest_body(record, self.redact))
+
+    def _put_json(self, key: str, body: bytes) -> None:
+        with self._errors(f"upload of s3://{self.bucket}/{key}"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                                   ChecksumAlgorithm="SHA256", **self._sse_args())
+
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        where = f"s3://{self.bucket}/{self._key(key)}"
+        body = self._get_bytes(self._key(key), where)
+        return None if body is None else parse_record(body, where)
+
+    def _get_bytes(self, key: str, where: str) -> bytes | None:
+        """The object's bytes; None if there is no such object."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(self.redact(f"reading {where} failed: {e}")) from e
+        except _BOTO_ERRORS as e:
+            raise StorageError(self.redact(f"reading {where} failed: {e}")) from e
 
     def _verify_remote(self, key: str, size: int, sha256_hex: str) -> None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
@@ -310,14 +340,9 @@ class S3Store:
     def read_manifest(self, key_prefix: str) -> dict[str, Any]:
         """The manifest of a complete upload; StorageError if there is none."""
         key = self._key(key_prefix, MANIFEST_NAME)
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except botocore.exceptions.ClientError as e:
-            if _error_code(e) in ("NoSuchKey", "404"):
-                raise StorageError(f"no complete upload at {self.uri_for(key_prefix)} (no {MANIFEST_NAME})") from e
-            raise StorageError(self.redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
-        except _BOTO_ERRORS as e:
-            raise StorageError(self.redact(f"reading s3://{self.bucket}/{key} failed: {e}")) from e
+        body = self._get_bytes(key, f"s3://{self.bucket}/{key}")
+        if body is None:
+            raise StorageError(f"no complete upload at {self.uri_for(key_prefix)} (no {MANIFEST_NAME})")
         return parse_manifest(body, f"s3://{self.bucket}/{key}")
 
     def list_complete(self, key_prefix: str = "") -> list[str]:
@@ -353,6 +378,16 @@ class S3Store:
 
         return fetch_dir(manifest, local_dir, label=self.uri_for(key_prefix), get_file=get_file,
                          where=lambda rel: f"s3://{self.bucket}/{self._key(key_prefix, rel)}")
+
+    def download_files(self, key_prefix: str, local_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
+                       rels: Sequence[str]) -> None:
+        def get_file(rel: str, target: Path) -> None:
+            key = self._key(key_prefix, rel)
+            with self._errors(f"download of s3://{self.bucket}/{key}"):
+                self.client.download_file(self.bucket, key, str(target), Config=self.transfer_config)
+
+        fetch_files(manifest, rels, local_dir, get_file=get_file,
+                    where=lambda rel: f"s3://{self.bucket}/{self._key(key_prefix, rel)}")
 
     def delete_prefix(self, key_prefix: str) -> int:
         """Delete every object under ``key_prefix`` (e.g. an old checkpoint); returns how many."""

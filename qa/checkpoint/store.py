@@ -6,6 +6,9 @@ A directory uploaded to ``<location>/<key_prefix>/`` exists for readers only onc
 metadata) is written last, after every file was written and verified, so a crash or outage mid-upload
 leaves nothing a reader could pick up; an upload to a prefix that already has one drops it first, and a
 deletion removes it first. Readers trust nothing but the manifest: every downloaded file is re-hashed.
+An upload assembled by several writers (each node its ranks' part, qa.checkpoint.parts) uses the pieces of
+``upload_dir``: ``drop_manifest``, ``upload_files`` (verified, no manifest), small JSON records, and
+``write_manifest`` by one writer once all parts are in; ``download_files`` fetches part of an upload.
 
 Backends: ``s3://bucket/prefix`` (qa.checkpoint.s3, the only boto3 importer) and ``file:///abs/path`` or an
 absolute path (qa.checkpoint.local: a local or mounted filesystem such as NFS)."""
@@ -20,7 +23,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +77,30 @@ class Store(Protocol):
         """Write and verify every file of ``local_dir``, then the manifest (last); returns the manifest."""
         ...
 
+    # The pieces of upload_dir, for an upload assembled from several writers (one part per node):
+    def drop_manifest(self, key_prefix: str) -> None:
+        """Remove ``key_prefix``'s manifest, if any: from then on readers see no complete upload there."""
+        ...
+
+    def upload_files(self, local_dir: str | os.PathLike[str], key_prefix: str, rels: Sequence[str], *,
+                     progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+        """Write, verify and make durable these files of ``local_dir`` (relative posix paths) under
+        ``key_prefix``, leaving the manifest alone; returns their entries ``{rel: {"size", "sha256"}}``."""
+        ...
+
+    def write_manifest(self, key_prefix: str, entries: Mapping[str, Mapping[str, Any]],
+                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Publish the manifest of ``entries`` (files already written and verified); returns it."""
+        ...
+
+    def put_record(self, key: str, record: Mapping[str, Any]) -> None:
+        """Write a small JSON object durably (a node's part record); it is not data of any upload."""
+        ...
+
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        """The object :meth:`put_record` wrote at ``key``; None if there is none."""
+        ...
+
     def read_manifest(self, key_prefix: str) -> dict[str, Any]:
         """The manifest of a complete upload; StorageError if there is none."""
         ...
@@ -87,6 +115,12 @@ class Store(Protocol):
 
     def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Fetch a complete upload into ``local_dir`` (absent or empty); CorruptObjectError names a bad object."""
+        ...
+
+    def download_files(self, key_prefix: str, local_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
+                       rels: Sequence[str]) -> None:
+        """Fetch these files of a complete upload (``manifest``: its manifest) into ``local_dir``, each verified
+        before it is renamed into place; other files there are left alone."""
         ...
 
     def delete_prefix(self, key_prefix: str) -> int:
@@ -211,35 +245,65 @@ def verify_file(path: Path, entry: Mapping[str, Any], where: str) -> None:
                                  f"got size {size} sha256 {digest}")
 
 
-def publish_dir(
-    local_dir: str | os.PathLike[str],
-    metadata: Mapping[str, Any] | None,
-    *,
-    label: str,
-    drop_manifest: Callable[[], None],
-    put_file: Callable[[Path, str, int, str], None],
-    put_manifest: Callable[[bytes], None],
-    redact: Callable[[str], str],
-) -> dict[str, Any]:
-    """The upload protocol, for any backend: drop an old manifest, put each file (``put_file(path, rel, size,
-    sha256)`` writes and verifies one), then put the manifest. Returns the manifest."""
+def publish_dir(store: Store, local_dir: str | os.PathLike[str], key_prefix: str,
+                metadata: Mapping[str, Any] | None, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The upload protocol, for any backend: drop an old manifest, write and verify each file, then write the
+    manifest. Returns the manifest."""
     t0 = time.monotonic()
     root = Path(local_dir)
     if not root.is_dir():
         raise StorageError(f"not a directory: {root}")
     # Readers must not see an old manifest describing objects that are being replaced.
-    drop_manifest()
+    store.drop_manifest(key_prefix)
+    entries = store.upload_files(root, key_prefix, [rel for rel, _ in files_to_upload(root)], progress=progress)
+    manifest = store.write_manifest(key_prefix, entries, metadata)
+    total = sum(e["size"] for e in entries.values())
+    logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB, store.uri_for(key_prefix),
+                time.monotonic() - t0)
+    return manifest
+
+
+def put_files(root: Path, rels: Sequence[str], put_file: Callable[[Path, str, int, str], None]) -> dict[str, Any]:
+    """Hash each file and have ``put_file(path, rel, size, sha256)`` write and verify it; returns the entries."""
     entries: dict[str, dict[str, Any]] = {}
-    for rel, path in files_to_upload(root):
+    for rel in rels:
+        path = root.joinpath(*key_parts(rel))
         size, digest = hash_file(path)
         put_file(path, rel, size, digest)
         entries[rel] = {"size": size, "sha256": digest}
-    manifest = build_manifest(entries, metadata)
-    put_manifest(manifest_body(manifest, redact))
-    total = sum(e["size"] for e in entries.values())
-    logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB, label,
-                time.monotonic() - t0)
-    return manifest
+    return entries
+
+
+def parse_record(body: bytes, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(body)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise CorruptObjectError(f"{where} is not a JSON object")
+    return record
+
+
+def fetch_files(manifest: Mapping[str, Any], rels: Sequence[str], local_dir: str | os.PathLike[str], *,
+                get_file: Callable[[str, Path], None], where: Callable[[str], str]) -> None:
+    """The partial download protocol: ``get_file(rel, target)`` fetches each file to a temporary sibling, which
+    is verified against the manifest and only then renamed over ``local_dir/rel``. Unlike :func:`fetch_dir` the
+    directory is shared (the nodes of a shared filesystem each fill in their ranks' files), so it is the
+    caller's marker, not the directory, that says when the whole is there."""
+    dest = Path(local_dir)
+    for rel in rels:
+        info = manifest["files"].get(rel)
+        if info is None:
+            raise StorageError(f"{where(rel)} is not in the manifest")
+        target = dest.joinpath(*rel.split("/"))  # the manifest was validated: no unsafe paths
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        try:
+            get_file(rel, tmp)
+            verify_file(tmp, info, where(rel))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def fetch_dir(

@@ -21,9 +21,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _Job:
     local_dir: Path
-    key_prefix: str
-    metadata: dict[str, Any] | None
     uri: str
+    work: Callable[[], Any]  # one attempt; raises to be retried
     then: Callable[[], None] | None = None
     attempts: int = field(default=0)
 
@@ -65,8 +64,14 @@ class BackgroundUploader:
         ``then`` runs on the worker thread after the upload succeeded (e.g. rotating old uploads away), while
         the job still counts as pending, so :meth:`wait` waits for it too; its errors are logged, not raised.
         """
-        job = _Job(Path(local_dir), key_prefix, dict(metadata) if metadata else None, self.store.uri_for(key_prefix),
-                   then)
+        meta = dict(metadata) if metadata else None
+        return self.submit_work(local_dir, self.store.uri_for(key_prefix),
+                                lambda: self.store.upload_dir(local_dir, key_prefix, meta), then=then)
+
+    def submit_work(self, local_dir: str | os.PathLike[str], uri: str, work: Callable[[], Any], *,
+                    then: Callable[[], None] | None = None) -> str:
+        """Queue ``work`` (one attempt at publishing ``local_dir`` as ``uri``), retried like an upload."""
+        job = _Job(Path(local_dir), uri, work, then)
         with self._cond:
             if self._closed.is_set():
                 raise StorageError("BackgroundUploader is closed")
@@ -74,6 +79,11 @@ class BackgroundUploader:
             self._cond.notify_all()
         logger.info("queued upload of %s to %s", job.local_dir, job.uri)
         return job.uri
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the uploader closes: work that waits (for other nodes' parts) waits on it."""
+        return self._closed
 
     def pending(self) -> list[str]:
         """URIs queued or in progress (the first one), oldest first."""
@@ -141,7 +151,7 @@ class BackgroundUploader:
         while not self._closed.is_set():
             job.attempts += 1
             try:
-                self.store.upload_dir(job.local_dir, job.key_prefix, job.metadata)
+                job.work()
                 return True
             except Exception as e:  # never let a storage problem escape into training
                 error = str(e) if isinstance(e, StorageError) else self.store.redact(f"{type(e).__name__}: {e}")

@@ -260,8 +260,8 @@ def _memory(f: _Facts, lines: _Lines) -> None:
 def _outputs(f: _Facts, lines: _Lines) -> None:
     cfg, run_name = f.cfg, f.run_name
     lines.section("outputs")
-    lines.row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl; multi-node: a filesystem all "
-                      "nodes share)")
+    lines.row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl on rank 0's node; each node's "
+              "checkpoint files on its own; multi-node without s3_uri: a filesystem all nodes share)")
     lines.row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
     if cfg.do_train:
         lines.row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")

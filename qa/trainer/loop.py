@@ -182,10 +182,10 @@ class Trainer:
             session.checkpointer.wait_uploads(max(1.0, session.preemption.remaining(grace)))
         except Exception as e:  # noqa: BLE001 - the local checkpoint is complete; requeue must still happen
             logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
-                         "is complete and auto-resume will use it", e)
+                         "is complete and auto-resume will use it if every node has it", e)
+        if session.accelerator.is_local_main_process and not interrupted:  # Ctrl-C: the user stopped it, no requeue
+            write_marker(self.settings.output_dir, st.global_step)  # every node's disk: its launch script reads it
         if session.accelerator.is_main_process:
-            if not interrupted:  # Ctrl-C: the user stopped it, no requeue
-                write_marker(self.settings.output_dir, st.global_step)
             print(f"{what}: stopped at step {st.global_step}; checkpoint "
                   f"{session.checkpointer.root / step_name(st.global_step)}; continue with "
                   "--resume_from_checkpoint auto", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
@@ -78,9 +78,10 @@ def start(cfg: TrainConfig) -> Session:
     state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes, data_order=data_order_key(cfg))
     if resume_path is not None:
         state.tracker_run_id = TrainState.from_file(resume_path / "trainer_state.json").tracker_run_id
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:  # every node's own output_dir (they need not share a filesystem)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         clear_marker(cfg.output_dir)
+    if accelerator.is_main_process:
         save_config(cfg, Path(cfg.output_dir) / "run_config.yaml")
     tracker = Tracker(
         accelerator, output_dir=cfg.output_dir, report_to=cfg.report_to, project=cfg.wandb_project,
@@ -107,7 +108,8 @@ def check_data(cfg: TrainConfig) -> None:
 
 
 def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:
-    """Rank 0 checks the bucket at start-up (bad credentials or a missing bucket fail before training)."""
+    """The store, checked at start-up by rank 0 and then by every other node (bad credentials or a missing bucket
+    fail before training), and this node's uploader."""
     if cfg.s3_uri is None:
         return None, None
     from qa.checkpoint.store import StorageError, open_store
@@ -123,7 +125,22 @@ def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:
             raise ConfigError(f"s3_uri: {e}") from None
 
     on_rank_zero(accelerator, check)
-    uploader = BackgroundUploader(store, deadline_s=cfg.s3_upload_timeout) if accelerator.is_main_process else None
+    if accelerator.num_processes > 1:
+        # Every node uploads its own ranks' part of each checkpoint: its credentials must work too.
+        mine = None
+        if accelerator.is_local_main_process and not accelerator.is_main_process:
+            try:
+                store.check()
+            except StorageError as e:
+                mine = f"on the node of rank {accelerator.process_index}: {e}"
+        problems = [p for p in gather_object([mine]) if p]
+        if problems:
+            error = ConfigError(f"s3_uri: {'; '.join(problems)}")
+            error.reported_by_rank_zero = not accelerator.is_main_process  # type: ignore[attr-defined]
+            raise error
+    # Each node publishes its own ranks' checkpoint files (qa.checkpoint.parts): one uploader per node.
+    uploader = (BackgroundUploader(store, deadline_s=cfg.s3_upload_timeout) if accelerator.is_local_main_process
+                else None)
     return store, uploader
 
 

@@ -14,7 +14,7 @@ import pytest
 from qa.checkpoint.local import LocalStore
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.rotation import by_step, checkpoints_to_delete, crash_leftovers, newest_first
-from qa.checkpoint.state import COMPLETE, TrainState, complete_checkpoints, step_name, step_of
+from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints, step_name, step_of
 from qa.checkpoint.uploader import BackgroundUploader
 from qa.config import TrainConfig
 from qa.errors import ConfigError
@@ -68,14 +68,22 @@ def config(tmp_path: Path, limit: int | None = 2) -> TrainConfig:
     return TrainConfig(output_dir=str(tmp_path / "out"), run_name="run-a", save_total_limit=limit)
 
 
+def checkpoint_tree(root: Path, step: int, tree: Tree) -> Path:
+    """A checkpoint-like tree with the trainer state every checkpoint has (its world size says which ranks'
+    files a node needs)."""
+    path = tree(root)
+    (path / STATE_FILE).write_text(TrainState(global_step=step).to_json())
+    return path
+
+
 def local_checkpoint(ckpt: Checkpointer, step: int, tree: Tree) -> Path:
-    path = tree(ckpt.root / step_name(step))
+    path = checkpoint_tree(ckpt.root / step_name(step), step, tree)
     (path / COMPLETE).write_text(f"{step}\n")
     return path
 
 
 def put_in_store(store: Any, step: int, tree: Tree, tmp_path: Path, run: str = "run-a") -> None:
-    src = tree(tmp_path / "src" / run / step_name(step))
+    src = checkpoint_tree(tmp_path / "src" / run / step_name(step), step, tree)
     store.upload_dir(src, f"{run}/checkpoints/{step_name(step)}")
 
 
@@ -162,7 +170,7 @@ def test_find_resume_prefers_local_then_the_newest_intact_store_checkpoint(
     assert store.uri_for(f"run-a/checkpoints/{BIGGER}/rng_state_0.pth") in caplog.text  # refused by name
     assert not (ckpt.root / BIGGER).exists() and ckpt.resumed_from == BIG
     # A complete local checkpoint wins over a newer one in the store.
-    store.upload_dir(tree(tmp_path / "intact" / BIGGER), f"run-a/checkpoints/{BIGGER}")
+    store.upload_dir(checkpoint_tree(tmp_path / "intact" / BIGGER, 10_000_000, tree), f"run-a/checkpoints/{BIGGER}")
     assert ckpt.find_resume("auto") == ckpt.root / BIG
     assert Checkpointer(config(tmp_path), None, None).find_resume("auto") == ckpt.root / BIG
 
@@ -174,7 +182,7 @@ def test_find_resume_from_a_uri_or_a_path(tmp_path: Path, tree: Tree) -> None:
     found = ckpt.find_resume(store.uri_for("other/checkpoints/step_0000007"))
     assert found == ckpt.root / "step_0000007" and (found / COMPLETE).is_file()
     assert ckpt.resumed_from == "step_0000007"
-    elsewhere = tree(tmp_path / "elsewhere" / "step_0000008")
+    elsewhere = checkpoint_tree(tmp_path / "elsewhere" / "step_0000008", 8, tree)
     ckpt = Checkpointer(config(tmp_path), None, None)
     assert ckpt.find_resume(str(elsewhere)) == elsewhere
     assert ckpt.resumed_from is None, "only a checkpoint in this run's directory is protected from rotation"

@@ -139,6 +139,37 @@ def test_malformed_manifest_is_refused(backend: Any, tree: Tree, tmp_path: Path)
         store.read_manifest("ckpt")
 
 
+def test_an_upload_assembled_from_parts(backend: Any, tree: Tree, tmp_path: Path) -> None:
+    """The pieces several writers use (one part per node): files without a manifest, records, the manifest last,
+    and a partial download that verifies each file and leaves what is already there alone."""
+    store = backend.store
+    src = tree(tmp_path / "src")
+    first = store.upload_files(src, "ckpt", ["config.json", "rng_state_0.pth"])
+    assert first["rng_state_0.pth"]["size"] == 4096
+    assert store.list_complete("") == [] and store.read_record("ckpt/parts/a.json") is None
+    store.put_record("ckpt/parts/a.json", {"files": first, "save_id": "s"})
+    assert store.read_record("ckpt/parts/a.json") == {"files": first, "save_id": "s"}
+    second = store.upload_files(src, "ckpt", ["tokenizer/vocab.txt", "COMPLETE"])
+    manifest = store.write_manifest("ckpt", {**first, **second}, {"global_step": 1})
+    assert store.list_complete("") == ["ckpt"] and store.read_manifest("ckpt")["files"] == manifest["files"]
+
+    dest = tmp_path / "node" / "ckpt"
+    dest.mkdir(parents=True)
+    (dest / "local-only").write_text("kept")
+    store.download_files("ckpt", dest, manifest, ["config.json", "tokenizer/vocab.txt"])
+    assert files_of(dest) == {"local-only": b"kept", "config.json": (src / "config.json").read_bytes(),
+                              "tokenizer/vocab.txt": (src / "tokenizer" / "vocab.txt").read_bytes()}
+    backend.write_raw("ckpt/rng_state_0.pth", b"x" * 4096)
+    with pytest.raises(CorruptObjectError) as err:
+        store.download_files("ckpt", dest, manifest, ["rng_state_0.pth"])
+    assert store.uri_for("ckpt/rng_state_0.pth") in str(err.value)
+    assert sorted(files_of(dest)) == ["config.json", "local-only", "tokenizer/vocab.txt"], "nothing half-written"
+    with pytest.raises(StorageError, match="not in the manifest"):
+        store.download_files("ckpt", dest, manifest, ["tokenizer/empty.txt"])
+    store.drop_manifest("ckpt")
+    assert store.list_complete("") == []
+
+
 def test_list_complete_ignores_prefixes_without_manifest(backend: Any, tree: Tree, tmp_path: Path) -> None:
     store = backend.store
     store.upload_dir(tree(tmp_path / "a"), f"{RUN}/step_0000100")
