@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,36 @@ from qa.eval.squad_metrics import normalize_answer
 from qa.trainer.parts import EvalSet, EvalSettings, Model, Session
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def gather_then_on_rank_zero(accelerator: Any, model: Model, features: Any, settings: EvalSettings,
+                             on_rank0: Callable[[GatheredLogits], T]) -> T:
+    """Collective: every rank calls it. Forward every window on its rank, gather the logits to rank 0, run
+    ``on_rank0`` there (decode, score, write) and return its result on every rank.
+
+    A failure on rank 0, in the gather's coverage check or in ``on_rank0``, ends every rank.
+    """
+    gather_error: Exception | None = None
+    gathered = None
+    try:
+        gathered = gather_eval_logits(
+            accelerator, model.module, features,
+            input_names=[k for k in model.eval_input_names if k in features.column_names],
+            collate_fn=model.collator, batch_size=settings.batch_size, seq_len=settings.max_seq_length,
+            num_workers=0, generator=torch.Generator().manual_seed(settings.seed))
+    except Exception as e:  # noqa: BLE001 - the coverage check fails on rank 0 after the last collective
+        if not accelerator.is_main_process:
+            raise
+        gather_error = e
+
+    def rank0() -> T:
+        if gather_error is not None:
+            raise gather_error
+        assert gathered is not None
+        return on_rank0(gathered)
+
+    return on_rank_zero(accelerator, rank0)
 
 
 def evaluate(session: Session, model: Model, eval_set: EvalSet, settings: EvalSettings, *,
@@ -25,28 +56,10 @@ def evaluate(session: Session, model: Model, eval_set: EvalSet, settings: EvalSe
 
     Metrics are returned on every rank; a failure on rank 0 (say a coverage error) ends every rank.
     """
-    acc = session.accelerator
     t0 = time.perf_counter()
-    gather_error: Exception | None = None
-    gathered = None
-    try:
-        gathered = gather_eval_logits(
-            acc, model.module, eval_set.features, input_names=model.eval_input_names, collate_fn=model.collator,
-            batch_size=settings.batch_size, seq_len=settings.max_seq_length, num_workers=0,
-            generator=torch.Generator().manual_seed(settings.seed),
-        )
-    except Exception as e:  # noqa: BLE001 - the coverage check fails on rank 0 after the last collective
-        if not acc.is_main_process:
-            raise
-        gather_error = e
-
-    def decode_on_rank_zero() -> dict[str, Any]:
-        if gather_error is not None:
-            raise gather_error
-        assert gathered is not None
-        return _decode_score_write(eval_set, settings, gathered, tag, t0)
-
-    payload = on_rank_zero(acc, decode_on_rank_zero)
+    payload = gather_then_on_rank_zero(
+        session.accelerator, model, eval_set.features, settings,
+        lambda gathered: _decode_score_write(eval_set, settings, gathered, tag, t0))
     metrics, table = payload["metrics"], payload["table"]
     step = session.state.global_step
     session.tracker.log(metrics, step=step)

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from qa.data import features as qa_features
 from qa.data import formats as qa_formats
-from qa.distributed.gather import GatheredLogits, gather_eval_logits
-from qa.distributed.rank_zero import on_rank_zero
+from qa.distributed.gather import GatheredLogits
 from qa.eval.evaluator import EvalExamples, EvalFeatures, decode_and_score, decode_features
 from qa.eval.outputs import write_eval_outputs, write_predictions
+from qa.trainer.evaluation import gather_then_on_rank_zero
 from qa.trainer.parts import EvalSettings, Model, Session
 
 if TYPE_CHECKING:
@@ -73,28 +72,9 @@ def predict(session: Session, model: Model, test: PredictData, settings: EvalSet
 
     Collective: every rank calls it. Metrics (timings, and scores for labeled data) on every rank.
     """
-    acc = session.accelerator
     t0 = time.perf_counter()
-    gather_error: Exception | None = None
-    gathered = None
-    try:
-        gathered = gather_eval_logits(
-            acc, model.module, test.features,
-            input_names=[k for k in model.eval_input_names if k in test.features.column_names],
-            collate_fn=model.collator, batch_size=settings.batch_size, seq_len=settings.max_seq_length,
-            num_workers=0, generator=torch.Generator().manual_seed(settings.seed))
-    except Exception as e:  # noqa: BLE001 - the coverage check fails on rank 0 after the last collective
-        if not acc.is_main_process:
-            raise
-        gather_error = e
-
-    def decode_on_rank_zero() -> dict[str, float]:
-        if gather_error is not None:
-            raise gather_error
-        assert gathered is not None
-        return _decode_write(test, settings, gathered, t0)
-
-    metrics = on_rank_zero(acc, decode_on_rank_zero)
+    metrics = gather_then_on_rank_zero(session.accelerator, model, test.features, settings,
+                                       lambda gathered: _decode_write(test, settings, gathered, t0))
     session.tracker.log(metrics, step=session.state.global_step)
     return metrics
 
