@@ -65,11 +65,11 @@ qa_run_and_requeue() {
   if [[ -f "$output_dir/PREEMPTED" ]]; then
     echo "$name: preempted at step $(cat "$output_dir/PREEMPTED"); rerun with" \
       "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
-    exit 42
+    exit "${QA_EXIT_PREEMPTED:?launch-info gives it}"
   fi
   if ((QA_GOT_INT)); then
     echo "$name: interrupted (launcher status $rc); rerun with --resume_from_checkpoint auto to continue" >&2
-    exit 130
+    exit "${QA_EXIT_INTERRUPTED:?launch-info gives it}"
   fi
   exit "$rc"
 }

@@ -44,6 +44,8 @@ while IFS='=' read -r key value; do
     output_dir) OUTPUT_DIR=$value ;;
     deepspeed) DS_JSON=$value ;;
     accelerate_config) ACC_CONFIG=$value ;;
+    exit_preempted) QA_EXIT_PREEMPTED=$value ;;
+    exit_interrupted) QA_EXIT_INTERRUPTED=$value ;;
   esac
 done <<<"$info"
 

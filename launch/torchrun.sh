@@ -28,7 +28,11 @@ NNODES=${NNODES:-1}
 OUTPUT_DIR=""
 info=$("$PYTHON" -m qa.preflight launch-info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@")
 while IFS='=' read -r key value; do
-  if [[ $key == output_dir ]]; then OUTPUT_DIR=$value; fi
+  case $key in
+    output_dir) OUTPUT_DIR=$value ;;
+    exit_preempted) QA_EXIT_PREEMPTED=$value ;;
+    exit_interrupted) QA_EXIT_INTERRUPTED=$value ;;
+  esac
 done <<<"$info"
 
 if ((NNODES == 1)); then

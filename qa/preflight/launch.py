@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qa.config import TrainConfig, load_config
-from qa.errors import ConfigError
+from qa.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError
 from qa.preflight.checks import ACCELERATE_CONFIGS
 from qa.trainer.output_dir import check_output_dir
 
@@ -42,7 +42,9 @@ def launch_info(argv: Sequence[str], *, nproc: int, gpu: bool) -> dict[str, str]
     cfg = load_config(argv, check_files=False)
     check_output_dir(cfg)  # another run's output_dir: exit 2 here rather than 1 from inside the launcher
     return {"output_dir": cfg.output_dir, "deepspeed": cfg.deepspeed or "",
-            "accelerate_config": accelerate_config_for(cfg, nproc, gpu)}
+            "accelerate_config": accelerate_config_for(cfg, nproc, gpu),
+            # The exit codes the scripts act on, from the one place they are defined (qa/errors.py).
+            "exit_preempted": str(EXIT_PREEMPTED), "exit_interrupted": str(EXIT_INTERRUPTED)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
