@@ -72,9 +72,11 @@ def start(cfg: TrainConfig) -> Session:
     store, uploader = _storage(cfg, accelerator)
     checkpointer = Checkpointer(cfg, accelerator, store, uploader)
     resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
-    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes, data_order=data_order_key(cfg))
+    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes,
+                       data_order=data_order_key(cfg, accelerator.num_processes))
     if resume_path is not None:
-        state.tracker_run_id = TrainState.from_file(resume_path / "trainer_state.json").tracker_run_id
+        # A checkpoint this run cannot continue (data order, global batch) fails here, before anything is written.
+        state.tracker_run_id = checkpointer.check_resume(resume_path).tracker_run_id
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         clear_marker(cfg.output_dir)
@@ -206,6 +208,10 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
     ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=session.precision,
                                       num_training_steps=steps)
     if ds_config is not None:
+        if session.resume_path is not None and session.checkpointer.needs_reshard(session.resume_path):
+            # ZeRO state saved on another world size loads as a universal checkpoint (qa.checkpoint.reshard); the
+            # engine reads this switch when it loads.
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
     optimizer = build_optimizer(cfg, model, ds_config)
     scheduler = build_scheduler(cfg, optimizer, steps, ds_config)
@@ -216,7 +222,8 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
                 steps, epochs, batches_per_epoch)
     return Model(module=module, collator=collator, eval_input_names=eval_names, train_input_names=train_names,
                  optimizer=optimizer, scheduler=scheduler, train_loader=loader, sampler=sampler,
-                 plan=StepPlan(total_steps=steps, num_epochs=epochs, batches_per_epoch=batches_per_epoch))
+                 plan=StepPlan(total_steps=steps, num_epochs=epochs, batches_per_epoch=batches_per_epoch,
+                               accumulation=cfg.gradient_accumulation_steps))
 
 
 def resume(cfg: TrainConfig, session: Session) -> None:
@@ -225,7 +232,8 @@ def resume(cfg: TrainConfig, session: Session) -> None:
         return
     session.state = session.checkpointer.load(session.resume_path, session.state)
     session.state.tracker_run_id = session.tracker.run_id
-    session.state.data_order = data_order_key(cfg)
+    session.state.data_order = data_order_key(cfg, session.accelerator.num_processes)
+    session.state.world_size = session.accelerator.num_processes
 
 
 def export(cfg: TrainConfig, session: Session, model: Model, data: Data) -> Path:
