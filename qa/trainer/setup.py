@@ -76,7 +76,8 @@ def start(cfg: TrainConfig) -> Session:
                        data_order=data_order_key(cfg, accelerator.num_processes))
     if resume_path is not None:
         # A checkpoint this run cannot continue (data order, global batch) fails here, before anything is written.
-        state.tracker_run_id = checkpointer.check_resume(resume_path).tracker_run_id
+        saved = on_rank_zero(accelerator, lambda: checkpointer.check_resume(resume_path))
+        state.tracker_run_id = saved.tracker_run_id
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         clear_marker(cfg.output_dir)
