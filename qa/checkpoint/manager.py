@@ -48,7 +48,8 @@ class Checkpointer:
     """Owns the local checkpoint directory and, on rank 0, the store and its background uploader.
 
     Only :meth:`save`, :meth:`resolve` and :meth:`load` need the accelerator; :meth:`publish` and
-    :meth:`find_resume` are rank 0's share of them and work without one.
+    :meth:`find_resume` are rank 0's share of them and work without one; :meth:`check_resume` and
+    :meth:`needs_reshard` read only its number of processes.
     """
 
     def __init__(self, cfg: TrainConfig, accelerator: Any, store: Store | None = None,
