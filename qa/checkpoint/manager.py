@@ -25,10 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from accelerate.utils import gather_object
+from accelerate.utils.constants import MODEL_NAME
 
 from qa.checkpoint.parts import NodeLayout, PartUpload, fetch_part, layout_from_local_indices, usable_here
+from qa.checkpoint.reshard import (
+    check_global_batch,
+    repair_optimizer_after_universal_load,
+    universal_copy,
+    zero_state_dirs,
+)
 from qa.checkpoint.rotation import checkpoints_to_delete, crash_leftovers, newest_first
 from qa.checkpoint.state import (
+    BATCH_SPLIT_KEYS,
     COMPLETE,
     STATE_FILE,
     TrainState,
@@ -75,7 +83,8 @@ class Checkpointer:
     """Owns the local checkpoint directory and, on each node's local main process, the store's uploader.
 
     Only :meth:`save`, :meth:`resolve` and :meth:`load` need the accelerator; :meth:`publish` and
-    :meth:`find_resume` are a node's share of them and work without one (a single process then plays every node).
+    :meth:`find_resume` are a node's share of them and work without one (a single process then plays every node);
+    :meth:`check_resume` and :meth:`needs_reshard` read only its number of processes.
     """
 
     def __init__(self, cfg: TrainConfig, accelerator: Any, store: Store | None = None,
@@ -321,9 +330,46 @@ class Checkpointer:
                     store.uri_for(prefix), list(self.layout.ranks), seconds)
         return self.layout.first, None, seconds
 
-    def load(self, path: Path, state: TrainState) -> TrainState:
-        """Collective: restore Accelerate/DeepSpeed state and return the saved counters."""
+    def check_resume(self, path: Path) -> TrainState:
+        """The counters saved in ``path``, once checked against this run: ConfigError (one line naming the
+        setting) if the data order or the global batch differ. Every rank reads the same file and decides alike."""
         saved = TrainState.from_file(path / STATE_FILE)
+        if self.cfg.resume_weights_only:
+            return saved  # a new schedule from the weights: any data order, batch or world size
+        world = self.accelerator.num_processes
+        now = data_order_key(self.cfg, world)
+        if saved.data_order:
+            # The saved position counts global batches of one global batch order; how a global batch is split over
+            # ranks and accumulation does not change that order (qa.data.sampler.StepBatchSampler).
+            ignore = {*BATCH_SPLIT_KEYS, "global_batch_size"}
+            diff = {k: (saved.data_order.get(k), v) for k, v in now.items()
+                    if k not in ignore and saved.data_order.get(k) != v}
+            if diff:
+                raise ConfigError(f"checkpoint {path} was saved with a different data order: {diff} (saved, now); "
+                                  "restore those values, or set resume_weights_only: true")
+        if saved.global_batch_size is not None:
+            order = saved.data_order or {}
+            split = (f"{order.get('per_device_train_batch_size')} per device x {saved.world_size} process(es) x "
+                     f"{order.get('gradient_accumulation_steps')} accumulation")
+            check_global_batch(saved.global_batch_size, per_device=self.cfg.per_device_train_batch_size,
+                               world_size=world, accumulation=self.cfg.gradient_accumulation_steps,
+                               saved_split=split, where=f"checkpoint {path}")
+        return saved
+
+    def needs_reshard(self, path: Path) -> bool:
+        """Whether ``path`` holds ZeRO state partitioned for another world size, to load as a universal checkpoint
+        (the DeepSpeed engine must be created with ``"checkpoint": {"load_universal": true}`` for that)."""
+        if self.cfg.resume_weights_only or not self._is_deepspeed():
+            return False
+        saved = TrainState.from_file(path / STATE_FILE)
+        return saved.world_size != self.accelerator.num_processes and bool(zero_state_dirs(path))
+
+    def load(self, path: Path, state: TrainState) -> TrainState:
+        """Collective: restore Accelerate/DeepSpeed state and return the saved counters.
+
+        Same world size: everything as saved, RNG included (bit-exact). Another world size with the same global
+        batch: model, optimizer and schedule re-sharded, the data position kept (qa.checkpoint.reshard)."""
+        saved = self.check_resume(path)
         world = self.accelerator.num_processes
         if self.cfg.resume_weights_only:
             # Model weights only: optimizer, schedule and data position start fresh; any world size works.
@@ -337,21 +383,51 @@ class Checkpointer:
             logger.info("loaded weights only from %s (saved on %d ranks, now %d)", path, saved.world_size, world)
             state.tracker_run_id = saved.tracker_run_id
             return state
-        if saved.world_size != world:
-            raise ConfigError(
-                f"checkpoint {path} was saved with world size {saved.world_size} but this run has {world}; "
-                "resume with the same number of processes, or set resume_weights_only: true")
-        # The saved data position only means something with the same data order and batch geometry.
-        now = data_order_key(self.cfg)
-        if saved.data_order and saved.data_order != now:
-            diff = {k: (saved.data_order.get(k), v) for k, v in now.items() if saved.data_order.get(k) != v}
-            raise ConfigError(f"checkpoint {path} was saved with a different data order or batch: {diff} "
-                              "(saved, now); restore those values, or set resume_weights_only: true")
         t0 = time.perf_counter()
-        self.accelerator.load_state(str(path))
-        logger.info("resumed from %s at step %d (epoch %d, batch %d); state loaded in %.2fs", path,
-                    saved.global_step, saved.epoch, saved.batches_in_epoch, time.perf_counter() - t0)
+        if self.needs_reshard(path):
+            self._load_resharded(path, saved)
+        else:
+            # Without ZeRO every rank holds (and rank 0 saved) the whole model and optimizer: any world size loads.
+            self.accelerator.load_state(str(path))
+        # Accelerate's micro-batch count within the epoch decides when gradients sync; the RNG file restored the
+        # saving run's count, which only fits its own split of the global batch. Checkpoints are taken at step
+        # boundaries, so this is the same number when the split did not change.
+        self.accelerator.step = saved.steps_in_epoch * self.cfg.gradient_accumulation_steps
+        logger.info("resumed from %s at step %d (epoch %d, %d global batches in); saved on %d rank(s), now %d; "
+                    "state loaded in %.2fs", path, saved.global_step, saved.epoch, saved.steps_in_epoch,
+                    saved.world_size, world, time.perf_counter() - t0)
         return saved
+
+    def _load_resharded(self, path: Path, saved: TrainState) -> None:
+        """Collective: each node's first process converts ``path`` to a universal checkpoint in a scratch directory
+        of its own (correct whether ``output_dir`` is shared by the nodes or not), then every rank loads it."""
+        acc = self.accelerator
+        node = acc.process_index - acc.local_process_index  # the node's first global rank: one name per node
+        scratch = self.root / f".universal-{path.name}-{node}"
+        t0 = time.perf_counter()
+        error = None
+        if acc.is_local_main_process:
+            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                universal_copy(path, scratch)
+            except Exception as e:  # noqa: BLE001 - every rank must hear of it, or the others wait forever
+                error = f"{type(e).__name__}: {e}"
+        errors = [e for e in gather_object([error]) if e] if acc.num_processes > 1 else [e for e in [error] if e]
+        if errors:
+            raise RuntimeError(f"converting {path} (saved on {saved.world_size} ranks) to a universal checkpoint "
+                               f"failed: {errors[0]}")
+        converted = time.perf_counter() - t0
+        try:
+            acc.load_state(str(scratch))
+            # Accelerate keeps the (one) DeepSpeed engine's state in MODEL_NAME.
+            repair_optimizer_after_universal_load(acc.deepspeed_engine_wrapped.engine, scratch / MODEL_NAME)
+        finally:
+            acc.wait_for_everyone()
+            if acc.is_local_main_process:
+                shutil.rmtree(scratch, ignore_errors=True)  # only needed for this load
+        logger.info("re-sharded %s from %d to %d ranks: converted in %.2fs, loaded in %.2fs (RNG streams are "
+                    "per rank and restart from the seed)", path, saved.world_size, acc.num_processes, converted,
+                    time.perf_counter() - t0 - converted)
 
     def _is_deepspeed(self) -> bool:
         return getattr(self.accelerator.state, "deepspeed_plugin", None) is not None

@@ -65,6 +65,16 @@ _CREDENTIAL_ERRORS = {
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
+# Test hook, MiB: files larger than this go up as multipart uploads (parts of at least 5 MiB, boto3's floor). The
+# storage fault tests (tests/e2e/test_storage_faults.py) kill the server in the middle of a multipart upload of a
+# real checkpoint of a few MiB; boto3 reads no transfer setting from the environment, and the alternative, a
+# model with checkpoint files over 64 MiB, would cost CI about a hundred times the I/O.
+MULTIPART_ENV = "QA_S3_MULTIPART_THRESHOLD_MIB"
+
+
+def _default_multipart_threshold() -> int:
+    value = os.environ.get(MULTIPART_ENV)
+    return max(1, int(float(value) * MiB)) if value else 64 * MiB
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -105,7 +115,7 @@ class S3Store:
         create_bucket: bool = False,
         endpoint_url: str | None = None,
         region: str | None = None,
-        multipart_threshold: int = 64 * MiB,
+        multipart_threshold: int | None = None,
         multipart_chunksize: int = 64 * MiB,
         max_concurrency: int = 8,
         retry_attempts: int = 5,
@@ -114,7 +124,8 @@ class S3Store:
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
     ) -> None:
-        """Normally leave credentials None (standard chain); explicit keys exist for local servers."""
+        """Normally leave credentials None (standard chain); explicit keys exist for local servers.
+        ``multipart_threshold`` None: 64 MiB, or ``QA_S3_MULTIPART_THRESHOLD_MIB`` (a test hook)."""
         self.bucket, self.prefix = parse_s3_uri(uri)
         if sse is not None and sse not in _SSE_MODES:
             raise ValueError(f"sse must be one of {_SSE_MODES} or None, got {sse!r}")
@@ -124,7 +135,7 @@ class S3Store:
         self.sse_kms_key_id = sse_kms_key_id
         self.create_bucket = create_bucket
         self.transfer_config = TransferConfig(
-            multipart_threshold=multipart_threshold,
+            multipart_threshold=multipart_threshold or _default_multipart_threshold(),
             multipart_chunksize=multipart_chunksize,
             max_concurrency=max_concurrency,
             use_threads=True,

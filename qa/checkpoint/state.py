@@ -1,4 +1,8 @@
-"""What a checkpoint records besides the model and optimizer: counters, data order, tracker run id."""
+"""What a checkpoint records besides the model and optimizer: counters, data order, tracker run id.
+
+The data position is ``(epoch, steps_in_epoch)``: how many global batches (optimizer steps) of the epoch's
+global batch order were consumed, ``steps_in_epoch x global batch`` samples. It says nothing about ranks, so a
+checkpoint resumes on any world size that keeps the global batch (see qa.checkpoint.reshard)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 class TrainState:
     global_step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress
-    batches_in_epoch: int = 0  # micro-batches this rank consumed in the epoch in progress
+    steps_in_epoch: int = 0  # global batches (optimizer steps) consumed in the epoch in progress
     samples_seen: int = 0  # over all ranks
     tokens_seen: int = 0  # real (non-padding) tokens over all ranks
     skipped_steps: int = 0  # fp16 overflow steps
@@ -37,15 +41,34 @@ class TrainState:
     @classmethod
     def from_file(cls, path: Path) -> TrainState:
         data = json.loads(path.read_text())
+        if "steps_in_epoch" not in data and "batches_in_epoch" in data:
+            # Checkpoints written before the position was global counted micro-batches per rank.
+            accumulation = (data.get("data_order") or {}).get("gradient_accumulation_steps") or 1
+            data["steps_in_epoch"] = data["batches_in_epoch"] // accumulation
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
+    @property
+    def global_batch_size(self) -> int | None:
+        """Samples per optimizer step of the run that wrote this state (None if it did not record it)."""
+        order = self.data_order or {}
+        if order.get("global_batch_size") is not None:
+            return int(order["global_batch_size"])
+        micro, accumulation = order.get("per_device_train_batch_size"), order.get("gradient_accumulation_steps")
+        return micro * accumulation * self.world_size if micro and accumulation else None
 
-def data_order_key(cfg: TrainConfig) -> dict[str, Any]:
+
+# How the global batch is split; any split of the same global batch gives the same data per step.
+BATCH_SPLIT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps")
+
+
+def data_order_key(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """What the epoch's global batch order depends on (qa.data.sampler.StepBatchSampler), and its split."""
     return {"seed": cfg.seed, "per_device_train_batch_size": cfg.per_device_train_batch_size,
-            "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "group_by_length": cfg.group_by_length,
-            "max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride,
-            "max_train_samples": cfg.max_train_samples, "train_file": cfg.train_file,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "global_batch_size": cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps,
+            "group_by_length": cfg.group_by_length, "max_seq_length": cfg.max_seq_length,
+            "doc_stride": cfg.doc_stride, "max_train_samples": cfg.max_train_samples, "train_file": cfg.train_file,
             "dataset_name": cfg.dataset_name}
 
 

@@ -313,6 +313,12 @@ class StepBatchSampler(Sampler[list[int]]):
     Accelerate's BatchSamplerShard deals global batches round-robin. Partial step batches are dropped
     (drop_last) so every rank runs whole accumulation cycles and DeepSpeed's boundary counter never
     disagrees with Accelerate's.
+
+    Resume: the epoch's global batch order is a function of (seed, epoch, global batch) alone, so the data
+    position is ``k`` global batches into the epoch (``TrainState.steps_in_epoch``), whatever the split. On
+    any world size and accumulation with the same global batch, skipping ``k x accumulation`` micro-batches per
+    rank (``accelerate.skip_first_batches``) continues with global batch ``k`` of the same order, each one split
+    round-robin across the new ranks: every remaining sample of the epoch is seen exactly once.
     """
 
     def __init__(self, lengths: np.ndarray, micro: int, world: int, accumulation: int, *, seed: int,

@@ -102,8 +102,10 @@ class Trainer:
         while st.epoch < plan.num_epochs and st.global_step < plan.total_steps:
             self.model.train_loader.set_epoch(st.epoch)
             loader = self.model.train_loader
-            if st.batches_in_epoch:
-                loader = acc.skip_first_batches(self.model.train_loader, st.batches_in_epoch)
+            if st.steps_in_epoch:
+                # The saved position counts global batches; here each is `accumulation` micro-batches per rank
+                # (whatever world size and split wrote the checkpoint).
+                loader = acc.skip_first_batches(self.model.train_loader, st.steps_in_epoch * plan.accumulation)
             module.train()
             for batch in loader:
                 with acc.accumulate(module):
@@ -120,11 +122,11 @@ class Trainer:
                     if acc.sync_gradients and not acc.optimizer_step_was_skipped:
                         scheduler.step()  # an fp16 overflow step must not eat warmup
                     optimizer.zero_grad(set_to_none=True)
-                st.batches_in_epoch += 1
                 meter.add(loss, batch)
                 if not acc.sync_gradients:
                     continue
                 st.global_step += 1
+                st.steps_in_epoch += 1
                 startup.first_step()  # logs the start-up timeline once
                 if acc.optimizer_step_was_skipped:
                     st.skipped_steps += 1
@@ -141,9 +143,9 @@ class Trainer:
                     return self._preempt()
                 if st.global_step >= plan.total_steps:
                     break
-            if st.batches_in_epoch >= plan.batches_per_epoch:  # the epoch ran to its end
+            if st.steps_in_epoch >= plan.steps_per_epoch:  # the epoch ran to its end
                 st.epoch += 1
-                st.batches_in_epoch = 0
+                st.steps_in_epoch = 0
                 if cfg.checkpointing_steps == "epoch":
                     st.train_time_s = self._elapsed()
                     self.save_checkpoint()
@@ -204,7 +206,7 @@ class Trainer:
         metrics: dict[str, float] = {
             "train/loss": loss_sum / max(loss_count, 1),
             "train/lr": float(self.model.scheduler.get_last_lr()[0]),
-            "train/epoch": st.epoch + st.batches_in_epoch / max(self.plan.batches_per_epoch, 1),
+            "train/epoch": st.epoch + st.steps_in_epoch / max(self.plan.steps_per_epoch, 1),
             "train/skipped_steps": float(st.skipped_steps),
             "perf/samples_per_s": samples / dt,
             "perf/tokens_per_s": tokens / dt,

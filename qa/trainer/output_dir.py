@@ -195,6 +195,19 @@ def release(output_dir: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def abandon(output_dir: str | os.PathLike) -> None:
+    """A start-up that failed on the user's input leaves no trace: drop our lock, and the directory if empty."""
+    out = Path(output_dir)
+    if str(out.resolve()) not in _held:
+        return
+    release(out)
+    (out / LOCK_FILE).unlink(missing_ok=True)
+    try:
+        out.rmdir()  # only when empty: anything else there was not ours to remove
+    except OSError:
+        pass
+
+
 def claim_output_dir(cfg: TrainConfig, accelerator: Any) -> None:
     """Collective: refuse another run's or a live run's directory, else lock it (rank 0) for this run."""
     moved = on_rank_zero(accelerator, lambda: claim(cfg))

@@ -103,6 +103,11 @@ class StepPlan:
     total_steps: int
     num_epochs: int
     batches_per_epoch: int  # micro-batches per rank per epoch
+    accumulation: int = 1  # micro-batches per rank per optimizer step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches_per_epoch // self.accumulation  # the sampler yields whole steps only
 
 
 @dataclass(frozen=True)

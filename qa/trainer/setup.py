@@ -28,13 +28,13 @@ from qa.data import formats as qa_formats
 from qa.data.sampler import StepBatchSampler, check_fills_one_step
 from qa.distributed.accelerator import build_accelerator, load_deepspeed_config, resolve_precision
 from qa.distributed.rank_zero import on_rank_zero
-from qa.errors import ConfigError
+from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
 from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.trainer.export import export_model
 from qa.trainer.loop import total_steps
-from qa.trainer.output_dir import check_resume_target, claim_output_dir
+from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
 
@@ -71,13 +71,21 @@ def start(cfg: TrainConfig) -> Session:
     precision = resolve_precision(cfg)
     on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
     claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
-    store, uploader = _storage(cfg, accelerator)
-    checkpointer = Checkpointer(cfg, accelerator, store, uploader)
-    resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
-    check_resume_target(cfg, resume_path, accelerator)  # not past max_train_steps
-    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes, data_order=data_order_key(cfg))
-    if resume_path is not None:
-        state.tracker_run_id = TrainState.from_file(resume_path / "trainer_state.json").tracker_run_id
+    try:
+        store, uploader = _storage(cfg, accelerator)
+        checkpointer = Checkpointer(cfg, accelerator, store, uploader)
+        resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
+        check_resume_target(cfg, resume_path, accelerator)  # not past max_train_steps
+        # A checkpoint this run cannot continue (data order, global batch) fails here, before anything is written.
+        saved = on_rank_zero(accelerator, lambda: checkpointer.check_resume(resume_path)) if resume_path else None
+    except UserError:
+        if accelerator.is_main_process:
+            abandon(cfg.output_dir)  # a refused start leaves output_dir as it found it
+        raise
+    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes,
+                       data_order=data_order_key(cfg, accelerator.num_processes))
+    if saved is not None:
+        state.tracker_run_id = saved.tracker_run_id
     if accelerator.is_local_main_process:  # every node's own output_dir (they need not share a filesystem)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         clear_marker(cfg.output_dir)
@@ -228,6 +236,10 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
     ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=session.precision,
                                       num_training_steps=steps)
     if ds_config is not None:
+        if session.resume_path is not None and session.checkpointer.needs_reshard(session.resume_path):
+            # ZeRO state saved on another world size loads as a universal checkpoint (qa.checkpoint.reshard); the
+            # engine reads this switch when it loads.
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
     optimizer = build_optimizer(cfg, model, ds_config)
     scheduler = build_scheduler(cfg, optimizer, steps, ds_config)
@@ -238,7 +250,8 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
                 steps, epochs, batches_per_epoch)
     return Model(module=module, collator=collator, eval_input_names=eval_names, train_input_names=train_names,
                  optimizer=optimizer, scheduler=scheduler, train_loader=loader, sampler=sampler,
-                 plan=StepPlan(total_steps=steps, num_epochs=epochs, batches_per_epoch=batches_per_epoch))
+                 plan=StepPlan(total_steps=steps, num_epochs=epochs, batches_per_epoch=batches_per_epoch,
+                               accumulation=cfg.gradient_accumulation_steps))
 
 
 def resume(cfg: TrainConfig, session: Session) -> None:
@@ -247,7 +260,8 @@ def resume(cfg: TrainConfig, session: Session) -> None:
         return
     session.state = session.checkpointer.load(session.resume_path, session.state)
     session.state.tracker_run_id = session.tracker.run_id
-    session.state.data_order = data_order_key(cfg)
+    session.state.data_order = data_order_key(cfg, session.accelerator.num_processes)
+    session.state.world_size = session.accelerator.num_processes
 
 
 def export(cfg: TrainConfig, session: Session, model: Model, data: Data) -> Path:

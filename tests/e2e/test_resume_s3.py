@@ -195,17 +195,21 @@ def test_s3_problems_fail_at_start_up(work, s3_server, case: str) -> None:  # no
     assert not (out / "checkpoints").exists()
 
 
-def test_other_world_size_is_refused_unless_weights_only(work, reference) -> None:
+def test_another_global_batch_is_refused_unless_weights_only(work, reference) -> None:
+    """Another world size is fine (tests/e2e/test_world_size_change.py) but the global batch must stay: the data
+    position and the schedule count global batches. Refused at start-up, before anything is written."""
     ckpt = reference / "checkpoints" / "step_0000006"
     out = work["root"] / "one_rank"
     args = _args(work, out, "--resume_from_checkpoint", str(ckpt), "--max_train_steps", "7")
     proc = launch(args, tmp=work["root"], nproc=1, check=False)
     assert proc.returncode != 0
-    assert "saved with world size 2 but this run has 1" in proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "saved with a global batch of 8" in text and "gradient_accumulation_steps: 2" in text
+    assert not out.exists()
     proc = launch([*args, "--resume_weights_only", "true"], tmp=work["root"], nproc=1)
     assert "loaded weights only" in proc.stdout + proc.stderr
     assert (out / "final" / "model.safetensors").is_file()
     # A changed batch geometry would replay the wrong data: refused too.
     proc = launch(_args(work, work["root"] / "geometry", "--resume_from_checkpoint", str(ckpt),
                         "--per_device_train_batch_size", "2"), tmp=work["root"], check=False)
-    assert proc.returncode != 0 and "different data order or batch" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "saved with a global batch of 8" in proc.stdout + proc.stderr

@@ -138,6 +138,14 @@ def launch_and_crash(args: list[str], *, tmp: Path, after: Path, kill_rank: int 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
+def spawn(args: list[str], *, tmp: Path, log: Path, nproc: int = 2, env: dict | None = None) -> subprocess.Popen:
+    """``accelerate launch train.py`` in the background (DeepSpeed), its output going to ``log``: a file, since a
+    pipe that nobody reads while the test polls would fill up and block the run."""
+    with open(log, "w") as out:
+        return subprocess.Popen(_launch_cmd(args, nproc, True), cwd=REPO, env=env or base_env(tmp), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+
+
 def launch(args: list[str], *, tmp: Path, nproc: int = 2, deepspeed: bool = True, env: dict | None = None,
            timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """``accelerate launch train.py`` with nproc CPU processes (gloo)."""

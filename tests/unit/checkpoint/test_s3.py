@@ -334,3 +334,15 @@ def test_secrets_never_logged_or_stored(
     server_logs = "".join(p.read_text(errors="replace") for p in weed_logs if p.is_file())
     for text in [caplog.text, json.dumps(manifest), stored_manifest, server_logs, *messages]:
         assert SECRET_SENTINEL not in text
+
+
+def test_multipart_threshold_test_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA_S3_MULTIPART_THRESHOLD_MIB lets the storage fault tests send checkpoints of a few MiB as multipart."""
+    from qa.checkpoint.s3 import MULTIPART_ENV
+
+    monkeypatch.delenv(MULTIPART_ENV, raising=False)
+    assert S3Store("s3://bucket-a/x", region="us-east-1").transfer_config.multipart_threshold == 64 * MiB
+    monkeypatch.setenv(MULTIPART_ENV, "1")
+    assert S3Store("s3://bucket-a/x", region="us-east-1").transfer_config.multipart_threshold == MiB
+    explicit = S3Store("s3://bucket-a/x", region="us-east-1", multipart_threshold=5 * MiB)
+    assert explicit.transfer_config.multipart_threshold == 5 * MiB

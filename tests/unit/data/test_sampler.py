@@ -472,3 +472,34 @@ def test_step_batches_are_the_same_whatever_the_world_size_and_accumulation_spli
         assert steps(2, 2, 1, epoch) == ref and steps(2, 1, 2, epoch) == ref
         assert len(ref) == 203 // 4  # the partial step is dropped
     assert steps(4, 1, 1, 0) != steps(4, 1, 1, 1)
+
+
+@pytest.mark.parametrize("saved, now", [((2, 1), (1, 2)), ((1, 2), (2, 1)), ((1, 4), (4, 1))])
+def test_a_resumed_epoch_continues_the_global_batch_order_on_another_world_size(saved: tuple[int, int],
+                                                                               now: tuple[int, int]) -> None:
+    """The saved position is k global batches; on M ranks the loop skips k x accumulation micro-batches per rank
+    (qa.trainer.loop), and the steps that follow are the epoch's remaining global batches, in order."""
+    from accelerate import skip_first_batches
+    from accelerate.data_loader import prepare_data_loader
+
+    from qa.data.sampler import StepBatchSampler
+
+    lengths, micro, epoch, k = synthetic_squad_lengths(150, seed=2), 2, 1, 3
+    global_batch = micro * saved[0] * saved[1]
+    assert micro * now[0] * now[1] == global_batch
+
+    def steps(world: int, accum: int, skip_steps: int) -> list[list[int]]:
+        ranks = []
+        for r in range(world):
+            sampler = StepBatchSampler(lengths, micro, world, accum, seed=5, group_by_length=True)
+            dl = DataLoader(list(range(lengths.size)), batch_sampler=sampler, collate_fn=list)
+            pdl = prepare_data_loader(dl, num_processes=world, process_index=r, put_on_device=False)
+            pdl.set_epoch(epoch)
+            ranks.append(list(skip_first_batches(pdl, skip_steps * accum) if skip_steps else pdl))
+        # Optimizer step j: micro-batches j*accum .. j*accum+accum-1 of every rank.
+        return [sorted(i for rank in ranks for b in rank[j * accum: (j + 1) * accum] for i in b)
+                for j in range(len(ranks[0]) // accum)]
+
+    whole = steps(*saved, 0)
+    assert len(whole) == 150 // global_batch and all(len(s) == global_batch for s in whole)
+    assert steps(*now, k) == whole[k:]
