@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from accelerate.utils import gather_object
-from accelerate.utils.constants import MODEL_NAME
 
+from qa.checkpoint.loading import load_model_only, load_resharded
 from qa.checkpoint.parts import NodeLayout, PartUpload, fetch_part, layout_from_local_indices, usable_here
 from qa.checkpoint.reshard import (
     check_global_batch,
-    repair_optimizer_after_universal_load,
-    universal_copy,
     zero_state_dirs,
 )
 from qa.checkpoint.rotation import checkpoints_to_delete, crash_leftovers, newest_first
@@ -77,6 +75,32 @@ def _write_marker(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def check_resume(cfg: TrainConfig, world: int, path: Path) -> TrainState:
+    """The counters saved in ``path``, once checked against this run: ConfigError (one line naming the
+    setting) if the data order or the global batch differ. Every rank reads the same file and decides alike."""
+    saved = TrainState.from_file(path / STATE_FILE)
+    if cfg.resume_weights_only:
+        return saved  # a new schedule from the weights: any data order, batch or world size
+    now = data_order_key(cfg, world)
+    if saved.data_order:
+        # The saved position counts global batches of one global batch order; how a global batch is split over
+        # ranks and accumulation does not change that order (qa.data.sampler.StepBatchSampler).
+        ignore = {*BATCH_SPLIT_KEYS, "global_batch_size"}
+        diff = {k: (saved.data_order.get(k), v) for k, v in now.items()
+                if k not in ignore and saved.data_order.get(k) != v}
+        if diff:
+            raise ConfigError(f"checkpoint {path} was saved with a different data order: {diff} (saved, now); "
+                              "restore those values, or set resume_weights_only: true")
+    if saved.global_batch_size is not None:
+        order = saved.data_order or {}
+        split = (f"{order.get('per_device_train_batch_size')} per device x {saved.world_size} process(es) x "
+                 f"{order.get('gradient_accumulation_steps')} accumulation")
+        check_global_batch(saved.global_batch_size, per_device=cfg.per_device_train_batch_size,
+                           world_size=world, accumulation=cfg.gradient_accumulation_steps,
+                           saved_split=split, where=f"checkpoint {path}")
+    return saved
 
 
 class Checkpointer:
@@ -331,30 +355,8 @@ class Checkpointer:
         return self.layout.first, None, seconds
 
     def check_resume(self, path: Path) -> TrainState:
-        """The counters saved in ``path``, once checked against this run: ConfigError (one line naming the
-        setting) if the data order or the global batch differ. Every rank reads the same file and decides alike."""
-        saved = TrainState.from_file(path / STATE_FILE)
-        if self.cfg.resume_weights_only:
-            return saved  # a new schedule from the weights: any data order, batch or world size
-        world = self.accelerator.num_processes
-        now = data_order_key(self.cfg, world)
-        if saved.data_order:
-            # The saved position counts global batches of one global batch order; how a global batch is split over
-            # ranks and accumulation does not change that order (qa.data.sampler.StepBatchSampler).
-            ignore = {*BATCH_SPLIT_KEYS, "global_batch_size"}
-            diff = {k: (saved.data_order.get(k), v) for k, v in now.items()
-                    if k not in ignore and saved.data_order.get(k) != v}
-            if diff:
-                raise ConfigError(f"checkpoint {path} was saved with a different data order: {diff} (saved, now); "
-                                  "restore those values, or set resume_weights_only: true")
-        if saved.global_batch_size is not None:
-            order = saved.data_order or {}
-            split = (f"{order.get('per_device_train_batch_size')} per device x {saved.world_size} process(es) x "
-                     f"{order.get('gradient_accumulation_steps')} accumulation")
-            check_global_batch(saved.global_batch_size, per_device=self.cfg.per_device_train_batch_size,
-                               world_size=world, accumulation=self.cfg.gradient_accumulation_steps,
-                               saved_split=split, where=f"checkpoint {path}")
-        return saved
+        """The saved counters, checked against this run (see :func:`check_resume`)."""
+        return check_resume(self.cfg, self.accelerator.num_processes, path)
 
     def needs_reshard(self, path: Path) -> bool:
         """Whether ``path`` holds ZeRO state partitioned for another world size, to load as a universal checkpoint
@@ -378,14 +380,14 @@ class Checkpointer:
                 self.accelerator.load_state(str(path), load_module_only=True, load_optimizer_states=False,
                                             load_lr_scheduler_states=False)
             else:
-                self._load_model_only(path)
+                load_model_only(self.accelerator, path)
             self.accelerator.step = 0  # accumulation counting starts afresh with the new schedule
             logger.info("loaded weights only from %s (saved on %d ranks, now %d)", path, saved.world_size, world)
             state.tracker_run_id = saved.tracker_run_id
             return state
         t0 = time.perf_counter()
         if self.needs_reshard(path):
-            self._load_resharded(path, saved)
+            load_resharded(self.accelerator, path, saved, scratch_root=self.root)
         else:
             # Without ZeRO every rank holds (and rank 0 saved) the whole model and optimizer: any world size loads.
             self.accelerator.load_state(str(path))
@@ -398,50 +400,5 @@ class Checkpointer:
                     saved.world_size, world, time.perf_counter() - t0)
         return saved
 
-    def _load_resharded(self, path: Path, saved: TrainState) -> None:
-        """Collective: each node's first process converts ``path`` to a universal checkpoint in a scratch directory
-        of its own (correct whether ``output_dir`` is shared by the nodes or not), then every rank loads it."""
-        acc = self.accelerator
-        node = acc.process_index - acc.local_process_index  # the node's first global rank: one name per node
-        scratch = self.root / f".universal-{path.name}-{node}"
-        t0 = time.perf_counter()
-        error = None
-        if acc.is_local_main_process:
-            shutil.rmtree(scratch, ignore_errors=True)
-            try:
-                universal_copy(path, scratch)
-            except Exception as e:  # noqa: BLE001 - every rank must hear of it, or the others wait forever
-                error = f"{type(e).__name__}: {e}"
-        errors = [e for e in gather_object([error]) if e] if acc.num_processes > 1 else [e for e in [error] if e]
-        if errors:
-            raise RuntimeError(f"converting {path} (saved on {saved.world_size} ranks) to a universal checkpoint "
-                               f"failed: {errors[0]}")
-        converted = time.perf_counter() - t0
-        try:
-            acc.load_state(str(scratch))
-            # Accelerate keeps the (one) DeepSpeed engine's state in MODEL_NAME.
-            repair_optimizer_after_universal_load(acc.deepspeed_engine_wrapped.engine, scratch / MODEL_NAME)
-        finally:
-            acc.wait_for_everyone()
-            if acc.is_local_main_process:
-                shutil.rmtree(scratch, ignore_errors=True)  # only needed for this load
-        logger.info("re-sharded %s from %d to %d ranks: converted in %.2fs, loaded in %.2fs (RNG streams are "
-                    "per rank and restart from the seed)", path, saved.world_size, acc.num_processes, converted,
-                    time.perf_counter() - t0 - converted)
-
     def _is_deepspeed(self) -> bool:
         return getattr(self.accelerator.state, "deepspeed_plugin", None) is not None
-
-    def _load_model_only(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        files = sorted(path.glob("model*.safetensors"))
-        if not files:
-            raise ConfigError(f"{path}: no model weights found")
-        model = self.accelerator.unwrap_model(self.accelerator._models[0], keep_torch_compile=False)
-        state: dict[str, Any] = {}
-        for f in files:
-            # save_state stores the wrapped model's keys (DDP's "module.", torch.compile's "_orig_mod.").
-            for k, v in load_file(str(f)).items():
-                state[k.removeprefix("module.").replace("_orig_mod.", "")] = v
-        model.load_state_dict(state, strict=True)  # a silent partial load would look like a resume

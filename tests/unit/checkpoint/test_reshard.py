@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qa.checkpoint.manager import Checkpointer
+from qa.checkpoint.manager import check_resume
 from qa.checkpoint.reshard import accumulation_for, check_global_batch, repair_optimizer_after_universal_load
 from qa.checkpoint.state import STATE_FILE, TrainState, data_order_key
 from qa.config import TrainConfig
@@ -56,9 +56,18 @@ def _checkpoint(tmp_path: Path, world: int, **cfg_kwargs: object) -> Path:
     return path
 
 
-def _checker(tmp_path: Path, world: int, **cfg_kwargs: object) -> Checkpointer:
-    cfg = TrainConfig(output_dir=str(tmp_path / "out"), **cfg_kwargs)
-    return Checkpointer(cfg, SimpleNamespace(num_processes=world))
+class _Checker:
+    """check_resume as a run of ``world`` processes with this config would call it."""
+
+    def __init__(self, cfg: TrainConfig, world: int) -> None:
+        self.cfg, self.world = cfg, world
+
+    def check_resume(self, path: Path) -> TrainState:
+        return check_resume(self.cfg, self.world, path)
+
+
+def _checker(tmp_path: Path, world: int, **cfg_kwargs: object) -> _Checker:
+    return _Checker(TrainConfig(output_dir=str(tmp_path / "out"), **cfg_kwargs), world)
 
 
 def test_check_resume_compares_the_global_batch_not_its_split(tmp_path: Path) -> None:
