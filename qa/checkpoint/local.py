@@ -12,10 +12,9 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from qa.checkpoint.store import (
     MANIFEST_NAME,
@@ -31,6 +30,7 @@ from qa.checkpoint.store import (
     publish_dir,
     put_files,
 )
+from qa.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +53,19 @@ def _fsync_dir(path: Path) -> None:
 def _write_durably(dest: Path, chunks: Iterator[bytes]) -> tuple[int, str]:
     """Write ``chunks`` to a temporary sibling, fsync it and rename it over ``dest``; returns (size, sha256).
 
-    By hand rather than shutil.copyfile: the bytes are hashed as they are written (one read of the source)
-    and fsynced before the rename, which copyfile does neither of."""
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    Not shutil.copyfile: the bytes are hashed as they are written (one read of the source) and fsynced
+    before the rename (qa.files.atomic_write), which copyfile does neither of."""
     digest = hashlib.sha256()
     size = 0
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(f: IO[bytes]) -> None:
+        nonlocal size
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            f.write(chunk)
+
+    atomic_write(dest, write)
     return size, digest.hexdigest()
 
 

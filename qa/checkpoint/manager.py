@@ -16,7 +16,6 @@ shared ``output_dir``)."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -47,6 +46,7 @@ from qa.checkpoint.uploader import BackgroundUploader
 from qa.config import TrainConfig, save_config
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError
+from qa.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ def _gather(accelerator: Any, value: Any) -> list[Any]:
 
 def _write_marker(path: Path, text: str) -> None:
     # Atomic: on a shared filesystem several nodes write the same marker, and a reader must never see it empty.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def check_resume(cfg: TrainConfig, world: int, path: Path) -> TrainState:

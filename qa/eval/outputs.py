@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,31 +19,11 @@ from qa.eval.evaluator import (
     EvalOutcome,
     _as_logits,
 )
+from qa.files import atomic_write, atomic_write_text
 
 # ---------------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write via a temp file in the same directory + os.replace: readers never see a partial file."""
-    # A uniquely named temp opened with "xb" (not mkstemp) so the final file gets normal, umask-based
-    # permissions instead of 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def metrics_json(metrics: Mapping[str, Any]) -> str:
@@ -84,10 +62,10 @@ def write_predictions(predictions_path: str | Path, decoded: Decoded, *,
     path = Path(predictions_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbest_path, odds_path = companion_paths(path)
-    written = [_write_text(path, _json_lines_object(decoded.predictions)),
-               _write_text(nbest_path, _json_lines_object(decoded.nbest))]
+    written = [atomic_write_text(path, _json_lines_object(decoded.predictions)),
+               atomic_write_text(nbest_path, _json_lines_object(decoded.nbest))]
     if version_2_with_negative:
-        written.append(_write_text(odds_path, _json_lines_object(decoded.null_odds)))
+        written.append(atomic_write_text(odds_path, _json_lines_object(decoded.null_odds)))
     return written
 
 
@@ -104,7 +82,7 @@ def write_eval_outputs(output_dir: str | Path, outcome: EvalOutcome, *, version_
     def name(base: str) -> Path:
         return out / (f"{prefix}_{base}" if prefix else base)
 
-    return [_write_text(name("eval_results.json"), metrics_json(outcome.metrics)),
+    return [atomic_write_text(name("eval_results.json"), metrics_json(outcome.metrics)),
             *write_predictions(name("predictions.json"), outcome.decoded,
                                version_2_with_negative=version_2_with_negative)]
 
@@ -126,12 +104,12 @@ def save_eval_arrays(output_dir: str | Path, examples: EvalExamples, feats: Eval
     ]
     # Uncompressed: ~33 MB for SQuAD dev, and compression would cost seconds on rank 0 every evaluation.
     return [
-        _atomic_write(out / LOGITS_FILE, lambda f: np.savez(f, start_logits=start, end_logits=end)),
-        _atomic_write(out / FEATURES_FILE, lambda f: np.savez(
+        atomic_write(out / LOGITS_FILE, lambda f: np.savez(f, start_logits=start, end_logits=end)),
+        atomic_write(out / FEATURES_FILE, lambda f: np.savez(
             f, example_index=np.asarray(feats.example_index, dtype=np.int64),
             offsets=np.asarray(feats.offsets, dtype=np.int32),
             cls_index=np.asarray(feats.cls_index, dtype=np.int64))),
-        _write_text(out / EXAMPLES_FILE, "".join(line + "\n" for line in lines)),
+        atomic_write_text(out / EXAMPLES_FILE, "".join(line + "\n" for line in lines)),
     ]
 
 
