@@ -4,16 +4,16 @@
 Runs a fixed number of optimizer steps (after a few warmup steps) of an extractive-QA model built from a
 config (no Hub access) on real SQuAD v1.1 dev windows (bert-base-cased tokenizer, max_length 384, stride
 128: 10,822 windows) or, when the shared data is absent, on synthetic windows drawn from the recorded
-length histogram of those windows (``qa.sampling.SQUAD_V1_DEV_LENGTH_HISTOGRAM``).
+length histogram of those windows (``qa.data.sampler.SQUAD_V1_DEV_LENGTH_HISTOGRAM``).
 
-The optimized run uses ``qa.sampling.grouped_batch_order`` and pads each batch to its longest window
+The optimized run uses ``qa.data.sampler.grouped_batch_order`` and pads each batch to its longest window
 rounded up to 8 (what ``DataCollatorWithPadding(pad_to_multiple_of=8)`` does in training), SDPA attention
 and fused (CUDA) / foreach (CPU) AdamW. ``--baseline`` also runs the SAME batches padded to
 ``--max_seq_length`` with eager attention and the single-tensor AdamW loop, in the same process, and
 prints the speed-up. Both runs share dtype, TF32 setting, loss and initial weights.
 
 It only prints; nothing is asserted. Imports are limited to torch, transformers, numpy and
-qa/sampling.py (loaded by path) so it runs on a GPU box without accelerate, datasets or deepspeed.
+qa/data/sampler.py, qa/model/loss.py and qa/trainer/perf.py (loaded by path) so it runs on a GPU box without accelerate, datasets or deepspeed.
 
     python bench/train_throughput.py                          # CPU: tiny model; CUDA: distilbert, fp16
     python bench/train_throughput.py --model distilbert --steps 30 --baseline

@@ -120,7 +120,7 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         deepspeed_plugin=plugin,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, automatic_checkpoint_naming=False),
-        # Our batch sampler already makes equal batches per rank; eval pads explicitly (see qa.evaluation).
+        # Our batch sampler already makes equal batches per rank; eval pads explicitly (see qa.distributed.gather).
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         kwargs_handlers=kwargs_handlers,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves

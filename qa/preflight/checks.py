@@ -105,7 +105,7 @@ def _same_json(a: str, b: str) -> bool:
 
 
 def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
-    """Values qa.modeling.load_deepspeed_config leaves alone: explicit ones must agree with the run YAML."""
+    """Values qa.distributed.accelerator.load_deepspeed_config leaves alone: explicit ones must agree with the run YAML."""
     if "zero_optimization" not in raw:
         raise ConfigError(f"deepspeed: {path} has no \"zero_optimization\" section (Accelerate requires "
                           "one); add {\"zero_optimization\": {\"stage\": 2}} or set deepspeed: null for DDP")
@@ -122,7 +122,7 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
                 raise ConfigError(f"deepspeed: {path} sets optimizer.params.{key}={got} but {name} is "
                                   f"{want}; set it to \"auto\" so the run config owns it")
         if sched is None:
-            # Verified with accelerate 1.15: qa.modeling builds DummyOptim for a JSON optimizer, which a
+            # Verified with accelerate 1.15: qa.model.optim builds DummyOptim for a JSON optimizer, which a
             # transformers schedule cannot wrap (no param_groups); Accelerate then takes DummyScheduler only.
             raise ConfigError(
                 f"deepspeed: {path} has an \"optimizer\" section but no \"scheduler\" section, so the run's "

@@ -104,7 +104,7 @@ class Schedule:
 
 
 def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) -> Schedule:
-    """Optimizer steps as qa.run computes them (whole global batches per step, the remainder dropped)."""
+    """Optimizer steps as qa.trainer.setup computes them (whole global batches per step, the remainder dropped)."""
     from qa.data.sampler import check_fills_one_step
     from qa.trainer.loop import total_steps
 
