@@ -16,41 +16,40 @@ from qa.trainer import startup
 
 startup.prepare_process()  # dies with its launcher, DeepSpeed op cache, repeated warnings once, start clock
 
-from qa.config import TrainConfig, load_config
+from qa.config import TrainConfig, load_config, split_config
 from qa.errors import EXIT_USER_ERROR, UserError
 from qa.preflight.checks import check_launch
 from qa.preflight.report import describe_plan
 from qa.trainer import prediction, setup
 from qa.trainer.evaluation import evaluate
 from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
-from qa.trainer.parts import EvalSettings, LoopSettings
 
 
 def run(cfg: TrainConfig) -> int:
-    session = setup.start(cfg)  # accelerator, input checks, output_dir claim, storage, resume target, tracker
+    sections = split_config(cfg)  # each component gets its own section (data, model, optimizer, checkpoint, ...)
+    session = setup.start(cfg, sections)  # accelerator, input checks, output_dir claim, storage, resume, tracker
     startup.mark("setup")
-    data = setup.prepare_data(cfg, session)  # examples -> cached features (main process first)
-    test = prediction.prepare_data(cfg, session, data.tokenizer) if cfg.do_predict else None  # answers optional
+    data = setup.prepare_data(sections.data, sections.model, session)  # examples -> cached features
+    test = prediction.prepare_data(sections.data, session, data.tokenizer) if cfg.do_predict else None
     startup.mark("data")
-    model = setup.build_model(cfg, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
-    setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
+    model = setup.build_model(sections, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
+    setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
-    eval_settings = EvalSettings.from_config(cfg)
     if data.eval is not None and cfg.eval_before_training:
-        evaluate(session, model, data.eval, eval_settings, tag="eval_before")  # the baseline to beat
+        evaluate(session, model, data.eval, sections.eval, tag="eval_before")  # the baseline to beat
     outcome = COMPLETED
     if cfg.do_train:
-        outcome = Trainer(session, model, data, LoopSettings.from_config(cfg), eval_settings).train()
+        outcome = Trainer(session, model, data, sections.loop, sections.eval).train()
     if outcome in (PREEMPTED, INTERRUPTED):
-        setup.finish(cfg, session, outcome)  # upload finished within the grace period
+        setup.finish(sections.storage, session, outcome)  # upload finished within the grace period
         return session.preemption.exit_code  # EXIT_PREEMPTED (launch/ scripts requeue), or 130 after Ctrl-C
     if data.eval is not None:
-        evaluate(session, model, data.eval, eval_settings, tag="eval")  # gather, decode and score on rank 0
+        evaluate(session, model, data.eval, sections.eval, tag="eval")  # gather, decode and score on rank 0
     if test is not None:
-        prediction.predict(session, model, test, eval_settings)  # test_predictions.json (+ scores if labeled)
+        prediction.predict(session, model, test, sections.eval)  # test_predictions.json (+ scores if labeled)
     if cfg.do_train:
-        setup.export(cfg, session, model, data)  # save_pretrained + tokenizer to output_dir/final (and S3)
-    setup.finish(cfg, session, outcome)  # wait for uploads, summary, close tracker
+        setup.export(sections.checkpoint.output_dir, session, model, data)  # save_pretrained + tokenizer -> final/
+    setup.finish(sections.storage, session, outcome)  # wait for uploads, summary, close tracker
     return 0
 
 

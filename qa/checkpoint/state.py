@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qa.config import TrainConfig
-
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -33,7 +31,7 @@ class TrainState:
     world_size: int = 1
     tracker_run_id: str | None = None
     train_time_s: float = 0.0
-    data_order: dict[str, Any] | None = None  # what the saved data position depends on (data_order_key)
+    data_order: dict[str, Any] | None = None  # what the saved data position depends on (DataOrder.key)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -56,20 +54,6 @@ class TrainState:
             return int(order["global_batch_size"])
         micro, accumulation = order.get("per_device_train_batch_size"), order.get("gradient_accumulation_steps")
         return micro * accumulation * self.world_size if micro and accumulation else None
-
-
-# How the global batch is split; any split of the same global batch gives the same data per step.
-BATCH_SPLIT_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps")
-
-
-def data_order_key(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    """What the epoch's global batch order depends on (qa.data.sampler.StepBatchSampler), and its split."""
-    return {"seed": cfg.seed, "per_device_train_batch_size": cfg.per_device_train_batch_size,
-            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-            "global_batch_size": cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps,
-            "group_by_length": cfg.group_by_length, "max_seq_length": cfg.max_seq_length,
-            "doc_stride": cfg.doc_stride, "max_train_samples": cfg.max_train_samples, "train_file": cfg.train_file,
-            "dataset_name": cfg.dataset_name}
 
 
 def step_name(step: int) -> str:

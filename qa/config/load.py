@@ -329,8 +329,12 @@ def load_config(argv: Sequence[str] | None = None, *, check_files: bool = True) 
     return cfg
 
 
-def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    """The resolved config, secrets redacted: it lands in output dirs, checkpoints and buckets."""
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, secrets redacted: it lands in output dirs, checkpoints and buckets."""
     from qa.tracking.redaction import redact
 
-    Path(path).write_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False))
+    return yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False)
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(config_yaml(cfg))

@@ -1,4 +1,4 @@
-"""The Accelerator and its DeepSpeed plugin, built from the run config's DeepSpeed JSON."""
+"""The Accelerator and its DeepSpeed plugin, built from the distributed section and the DeepSpeed JSON."""
 
 from __future__ import annotations
 
@@ -19,43 +19,45 @@ from accelerate.utils import (
     ProjectConfiguration,
 )
 
-from qa.config import TrainConfig
+from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
 from qa.model.optim import warmup_steps
+from qa.model.settings import OptimizerSettings
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_precision(cfg: TrainConfig, cuda: bool | None = None) -> str:
+def resolve_precision(mixed_precision: str, cuda: bool | None = None) -> str:
+    """``mixed_precision`` as this machine runs it: auto is fp16 on a GPU, no on CPU."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if cfg.mixed_precision == "auto":
+    if mixed_precision == "auto":
         return "fp16" if cuda else "no"
-    if cfg.mixed_precision == "fp16" and not cuda:
+    if mixed_precision == "fp16" and not cuda:
         raise ConfigError("mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    return cfg.mixed_precision
+    return mixed_precision
 
 
-def load_deepspeed_config(cfg: TrainConfig, *, world_size: int, precision: str,
-                          num_training_steps: int | None = None) -> dict[str, Any] | None:
+def load_deepspeed_config(dist: DistributedSettings, optimizer: OptimizerSettings, *, world_size: int,
+                          precision: str, num_training_steps: int | None = None) -> dict[str, Any] | None:
     """Read the DeepSpeed JSON and fill every "auto" this run owns from the run config.
 
     Accelerate fills some "auto" values itself but, e.g., forces gradient_clipping to 1.0; filling them
     here makes the run YAML the single owner of every hyperparameter.
     """
-    if cfg.deepspeed is None:
+    if dist.deepspeed is None:
         return None
-    path = Path(cfg.deepspeed)
+    path = Path(dist.deepspeed)
     try:
         ds = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"deepspeed: cannot read {path}: {e}") from None
     ds = copy.deepcopy(ds)
-    micro = cfg.per_device_train_batch_size
+    micro = dist.per_device_train_batch_size
     values = {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "train_batch_size": micro * cfg.gradient_accumulation_steps * world_size,
-        "gradient_clipping": cfg.max_grad_norm,
+        "gradient_accumulation_steps": dist.gradient_accumulation_steps,
+        "train_batch_size": micro * dist.gradient_accumulation_steps * world_size,
+        "gradient_clipping": dist.max_grad_norm,
     }
     for key, val in values.items():
         if ds.get(key, "auto") == "auto":
@@ -73,16 +75,16 @@ def load_deepspeed_config(cfg: TrainConfig, *, world_size: int, precision: str,
     opt = ds.get("optimizer")
     if opt is not None:
         params = opt.setdefault("params", {})
-        for key, val in (("lr", cfg.learning_rate), ("betas", [cfg.adam_beta1, cfg.adam_beta2]),
-                         ("eps", cfg.adam_epsilon), ("weight_decay", cfg.weight_decay)):
+        for key, val in (("lr", optimizer.learning_rate), ("betas", [optimizer.adam_beta1, optimizer.adam_beta2]),
+                         ("eps", optimizer.adam_epsilon), ("weight_decay", optimizer.weight_decay)):
             if params.get(key, "auto") == "auto":
                 params[key] = val
     sched = ds.get("scheduler")
     if sched is not None and num_training_steps is not None:
         params = sched.setdefault("params", {})
-        for key, val in (("warmup_num_steps", warmup_steps(cfg, num_training_steps)),
+        for key, val in (("warmup_num_steps", warmup_steps(optimizer, num_training_steps)),
                          ("total_num_steps", num_training_steps),
-                         ("warmup_max_lr", cfg.learning_rate), ("warmup_min_lr", 0.0)):
+                         ("warmup_max_lr", optimizer.learning_rate), ("warmup_min_lr", 0.0)):
             if params.get(key, "auto") == "auto":
                 params[key] = val
     return ds
@@ -94,11 +96,13 @@ def zero_stage(ds_config: dict[str, Any] | None) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = None) -> Accelerator:
+def build_accelerator(dist: DistributedSettings, optimizer: OptimizerSettings, *,
+                      log_with: str | list[str] | None = None) -> Accelerator:
+    """Collective: every rank calls it (it joins the process group)."""
     cuda = torch.cuda.is_available()
-    precision = resolve_precision(cfg, cuda)
+    precision = resolve_precision(dist.mixed_precision, cuda)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ds_config = load_deepspeed_config(cfg, world_size=world_size, precision=precision)
+    ds_config = load_deepspeed_config(dist, optimizer, world_size=world_size, precision=precision)
     kwargs_handlers = [InitProcessGroupKwargs(timeout=timedelta(minutes=30))]
     if not cuda and (world_size > 1 or ds_config is not None):
         # NCCL needs CUDA; gloo runs real collectives (and DeepSpeed ZeRO) on CPU. A single plain process has no
@@ -116,10 +120,10 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     accelerator = Accelerator(
         mixed_precision=precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=dist.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, automatic_checkpoint_naming=False),
+        project_config=ProjectConfiguration(project_dir=dist.output_dir, automatic_checkpoint_naming=False),
         # Our batch sampler already makes equal batches per rank; eval pads explicitly (see qa.distributed.gather).
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         kwargs_handlers=kwargs_handlers,
@@ -132,7 +136,7 @@ def build_accelerator(cfg: TrainConfig, *, log_with: str | list[str] | None = No
         # Each rank training alone on the full data would look like a healthy run: refuse it.
         raise RuntimeError(f"launched with WORLD_SIZE={world_size} but the accelerator sees "
                            f"{accelerator.num_processes} process(es) ({accelerator.distributed_type})")
-    if cuda and cfg.tf32:
+    if cuda and dist.tf32:
         # TF32 matmuls on Ampere+ are within fp16/bf16 training noise and markedly faster.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -8,34 +8,34 @@ from typing import Any
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-from qa.config import TrainConfig
 from qa.errors import ConfigError
+from qa.model.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
 
 
-def load_tokenizer(cfg: TrainConfig) -> Any:
-    tok = AutoTokenizer.from_pretrained(cfg.tokenizer_name or cfg.model_name_or_path, use_fast=True)
+def load_tokenizer(settings: ModelSettings) -> Any:
+    tok = AutoTokenizer.from_pretrained(settings.tokenizer_source, use_fast=True)
     if getattr(tok, "padding_side", "right") != "right":
         # Labels and offsets index the unpadded window; left padding would shift every one of them.
-        raise ConfigError(f"tokenizer_name: {cfg.tokenizer_name or cfg.model_name_or_path} pads on the left "
+        raise ConfigError(f"tokenizer_name: {settings.tokenizer_source} pads on the left "
                           "(context-first models); only right-padding tokenizers are supported")
     if not getattr(tok, "is_fast", False):
-        raise ConfigError(f"tokenizer_name: {cfg.tokenizer_name or cfg.model_name_or_path} has no fast tokenizer; "
+        raise ConfigError(f"tokenizer_name: {settings.tokenizer_source} has no fast tokenizer; "
                           "offsets for answer spans need one")
     return tok
 
 
-def load_model(cfg: TrainConfig) -> torch.nn.Module:
+def load_model(settings: ModelSettings) -> torch.nn.Module:
     kwargs: dict[str, Any] = {}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
     try:
-        return AutoModelForQuestionAnswering.from_pretrained(cfg.model_name_or_path, **kwargs)
+        return AutoModelForQuestionAnswering.from_pretrained(settings.model_name_or_path, **kwargs)
     except (ValueError, ImportError) as e:
         # Some architectures have no SDPA path; fall back to their default attention rather than fail.
         if "attn_implementation" in kwargs and "attn" in str(e).lower():
-            logger.warning("%s: %s; using the default attention", cfg.model_name_or_path, e)
-            return AutoModelForQuestionAnswering.from_pretrained(cfg.model_name_or_path)
+            logger.warning("%s: %s; using the default attention", settings.model_name_or_path, e)
+            return AutoModelForQuestionAnswering.from_pretrained(settings.model_name_or_path)
         raise

@@ -12,7 +12,7 @@ from accelerate.utils import (
 )
 from transformers import get_scheduler
 
-from qa.config import TrainConfig
+from qa.model.settings import OptimizerSettings
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -31,30 +31,30 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> Any:
-    groups = param_groups(model, cfg.weight_decay)
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
+def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> Any:
+    groups = param_groups(model, settings.weight_decay)
+    betas = (settings.adam_beta1, settings.adam_beta2)
     if ds_config is not None and "optimizer" in ds_config:
         # DeepSpeed owns the optimizer (e.g. its CPU Adam for offload, FusedAdam on GPU).
-        return DummyOptim(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return DummyOptim(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     fast: dict[str, Any] = {"fused": True} if torch.cuda.is_available() else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon, **fast)
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=betas, eps=settings.adam_epsilon, **fast)
 
 
-def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+def warmup_steps(settings: OptimizerSettings, total_steps: int) -> int:
     """Warmup optimizer steps: num_warmup_steps, or warmup_ratio of ``total_steps`` rounded up (as
     transformers' TrainingArguments.get_warmup_steps). The one rule for our schedule, DeepSpeed's scheduler
     values (qa.distributed.accelerator) and the dry run (qa.preflight.report)."""
-    if cfg.warmup_ratio > 0:
+    if settings.warmup_ratio > 0:
         # round() first: 0.1 * 30 is 3.0000000000000004 in floats, which must stay 3, not become 4.
-        return math.ceil(round(total_steps * cfg.warmup_ratio, 9))
-    return cfg.num_warmup_steps
+        return math.ceil(round(total_steps * settings.warmup_ratio, 9))
+    return settings.num_warmup_steps
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: Any, num_training_steps: int,
+def build_scheduler(settings: OptimizerSettings, optimizer: Any, num_training_steps: int,
                     ds_config: dict[str, Any] | None) -> Any:
-    warmup = warmup_steps(cfg, num_training_steps)
+    warmup = warmup_steps(settings, num_training_steps)
     if ds_config is not None and "scheduler" in ds_config:
         return DummyScheduler(optimizer, total_num_steps=num_training_steps, warmup_num_steps=warmup)
-    return get_scheduler(cfg.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=warmup,
+    return get_scheduler(settings.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=warmup,
                          num_training_steps=num_training_steps)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qa.config import TrainConfig
+from qa.config import TrainConfig, split_config
 from qa.errors import ConfigError
 
 ACCELERATE_CONFIGS = Path("configs/accelerate")
@@ -182,11 +182,13 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
     env = os.environ
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
-    precision = resolve_precision(cfg, cuda)  # fp16 on a CPU-only launch raises here
+    precision = resolve_precision(cfg.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
     _check_total_batch(cfg, world_size)
     _check_launcher_env(cfg, env)
     warnings: list[str] = []
-    ds = load_deepspeed_config(cfg, world_size=world_size, precision=precision)  # batch, precision, clipping
+    sections = split_config(cfg)
+    # batch, precision, clipping
+    ds = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=world_size, precision=precision)
     if ds is not None:
         path = str(cfg.deepspeed)
         _check_ds_values(cfg, _read_json(path), path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qa.config import TrainConfig
+from qa.config import TrainConfig, split_config
 from qa.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def count_data(cfg: TrainConfig) -> DataCounts:
             _set(counts, split, examples=len(examples))
             if tokenizer is None:
                 try:
-                    tokenizer = load_tokenizer(cfg)
+                    tokenizer = load_tokenizer(split_config(cfg).model)
                 except ConfigError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a hub tokenizer that is not cached, offline
@@ -106,12 +106,10 @@ class Schedule:
 def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) -> Schedule:
     """Optimizer steps as qa.trainer.setup computes them (whole global batches per step, the remainder dropped)."""
     from qa.data.sampler import check_fills_one_step
-    from qa.trainer.loop import total_steps
 
     global_batch = cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps
     per_epoch = train_features // global_batch
     check_fills_one_step(train_features, cfg.per_device_train_batch_size, world_size,
                          cfg.gradient_accumulation_steps)
-    # batches per epoch per rank, as StepBatchSampler yields them
-    total, epochs = total_steps(cfg, per_epoch * cfg.gradient_accumulation_steps)
+    total, epochs = split_config(cfg).loop.total_steps(per_epoch)
     return Schedule(global_batch=global_batch, steps_per_epoch=per_epoch, total_steps=total, epochs=epochs)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from qa.config import TrainConfig
+from qa.config import TrainConfig, split_config
 from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
 from qa.preflight.counts import Schedule, count_data, training_schedule
 from qa.preflight.memory import GIB, count_parameters, estimate_memory
@@ -94,8 +94,9 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
 
     world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    precision = resolve_precision(cfg, cuda)
-    ds = load_deepspeed_config(cfg, world_size=world_size, precision=precision)
+    precision = resolve_precision(cfg.mixed_precision, cuda)
+    sections = split_config(cfg)
+    ds = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=world_size, precision=precision)
     off_opt, off_param = _offload(ds)
     num_params, model_class = count_parameters(cfg)
     f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, ds=ds, stage=zero_stage(ds),
@@ -204,7 +205,7 @@ def _schedule(f: _Facts, lines: _Lines) -> None:
         if total is None and cfg.warmup_ratio > 0:
             warm_text = f"warmup_ratio {cfg.warmup_ratio:g} of the (unknown) optimizer steps"
         else:
-            warm = warmup_steps(cfg, total or 0)
+            warm = warmup_steps(split_config(cfg).optimizer, total or 0)
             frac = f" ({warm / total:.1%} of the run)" if total else ""
             warm_text = f"{warm:,} warmup step(s){frac}"
             if total is not None and warm > total:

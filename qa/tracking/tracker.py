@@ -7,9 +7,9 @@ console and ``metrics.jsonl`` keep working. Everything that leaves the process g
 
 Typical use::
 
-    accelerator = Accelerator(..., log_with=log_with_for(cfg.report_to))
-    tracker = Tracker(accelerator, output_dir=cfg.output_dir, report_to=cfg.report_to, ...,
-                      config=resolved_config, resume_run_id=run_id_from_checkpoint)
+    accelerator = Accelerator(..., log_with=log_with_for(settings.report_to))
+    tracker = Tracker.from_settings(accelerator, settings, config=resolved_config,
+                                    resume_run_id=run_id_from_checkpoint)
     tracker.log({"train/loss": 1.2, "train/lr": 3e-5}, step=global_step)
     tracker.finish()"""
 
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from qa.tracking.console import format_console_line
 from qa.tracking.environment import collect_environment
 from qa.tracking.redaction import describe_error, redact
+from qa.tracking.settings import TrackingSettings
 from qa.tracking.wandb_sink import WandbSink
 
 if TYPE_CHECKING:
@@ -87,6 +88,16 @@ class Tracker:
         environment: what :func:`collect_environment` found (main process only, else empty).
     """
 
+    @classmethod
+    def from_settings(cls, accelerator: Accelerator, settings: TrackingSettings, *,
+                      config: Mapping[str, Any] | None = None, resume_run_id: str | None = None,
+                      console: Callable[[str], None] | None = None) -> Tracker:
+        """Collective: every rank calls it. The tracker of the run config's tracking section."""
+        return cls(accelerator, output_dir=settings.output_dir, report_to=settings.report_to,
+                   project=settings.project, entity=settings.entity, run_name=settings.run_name,
+                   tags=settings.tags, group=settings.group, config=config, resume_run_id=resume_run_id,
+                   console=console)
+
     def __init__(
         self,
         accelerator: Accelerator,
@@ -102,6 +113,7 @@ class Tracker:
         resume_run_id: str | None = None,
         console: Callable[[str], None] | None = None,
     ) -> None:
+        """Collective: every rank calls it (they agree on the run id)."""
         use_wandb = log_with_for(report_to) == "wandb"
         self._accelerator = accelerator
         self._is_main = bool(accelerator.is_main_process)

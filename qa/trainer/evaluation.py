@@ -14,8 +14,9 @@ from qa.distributed.gather import GatheredLogits, gather_eval_logits
 from qa.distributed.rank_zero import on_rank_zero
 from qa.eval.evaluator import EvalOutcome, decode_and_score
 from qa.eval.outputs import save_eval_arrays, write_eval_outputs
+from qa.eval.settings import EvalSettings
 from qa.eval.squad_metrics import normalize_answer
-from qa.trainer.parts import EvalSet, EvalSettings, Model, Session
+from qa.trainer.parts import EvalSet, Model, Session
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,7 +7,6 @@ when to log, evaluate and checkpoint is decided by :func:`step_events`, a pure f
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from typing import Any
@@ -17,13 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from qa.checkpoint.state import step_name
+from qa.eval.settings import EvalSettings
 from qa.model.loss import padding_invariant_qa_loss
 from qa.trainer import startup
 from qa.trainer.evaluation import evaluate
 from qa.trainer.export import export_model
-from qa.trainer.parts import Data, EvalSettings, LoopSettings, Model, Session, StepPlan
+from qa.trainer.parts import Data, Model, Session, StepPlan
 from qa.trainer.perf import gpu_peak_tflops, model_shape, peak_memory_gb, train_flops
 from qa.trainer.preemption import write_marker
+from qa.trainer.settings import LoopSettings
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Trainer:
 
     def train(self) -> str:
         """Train from ``session.state`` to the end (or until a signal). Returns COMPLETED, PREEMPTED or INTERRUPTED."""
-        acc, st, cfg, plan = self.session.accelerator, self.session.state, self.settings, self.plan
+        acc, st, loop, plan = self.session.accelerator, self.session.state, self.settings, self.plan
         module, optimizer, scheduler = self.model.module, self.model.optimizer, self.model.scheduler
         meter = _Meter()
         shape = model_shape(acc.unwrap_model(module))
@@ -117,7 +118,7 @@ class Trainer:
                     acc.backward(loss)
                     grad_norm = None
                     if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                        grad_norm = acc.clip_grad_norm_(module.parameters(), loop.max_grad_norm)
                     optimizer.step()
                     if acc.sync_gradients and not acc.optimizer_step_was_skipped:
                         scheduler.step()  # an fp16 overflow step must not eat warmup
@@ -131,7 +132,7 @@ class Trainer:
                 if acc.optimizer_step_was_skipped:
                     st.skipped_steps += 1
                 bar.update(1)
-                events = step_events(st.global_step, plan.total_steps, cfg)
+                events = step_events(st.global_step, plan.total_steps, loop)
                 if LOG in events:
                     self._log_train(meter, grad_norm, shape, peak)
                 if EVAL in events:
@@ -146,10 +147,10 @@ class Trainer:
             if st.steps_in_epoch >= plan.steps_per_epoch:  # the epoch ran to its end
                 st.epoch += 1
                 st.steps_in_epoch = 0
-                if cfg.checkpointing_steps == "epoch":
+                if loop.checkpointing_steps == "epoch":
                     st.train_time_s = self._elapsed()
                     self.save_checkpoint()
-                if cfg.do_eval and cfg.eval_strategy == "epoch" and st.epoch < plan.num_epochs:
+                if loop.do_eval and loop.eval_strategy == "epoch" and st.epoch < plan.num_epochs:
                     self.evaluate()
         bar.close()
         st.train_time_s = self._elapsed()
@@ -240,15 +241,3 @@ def loss_scale(model: Model, accelerator: Any, precision: str) -> float | None:
                 return float(val)
     scaler = getattr(accelerator, "scaler", None)
     return float(scaler.get_scale()) if scaler is not None else None
-
-
-def steps_per_epoch(batches_per_epoch: int, accumulation: int) -> int:
-    return max(1, batches_per_epoch // accumulation)
-
-
-def total_steps(cfg: Any, batches_per_epoch: int) -> tuple[int, int]:
-    """(optimizer steps, epochs): max_train_steps wins over num_train_epochs, as in run_qa_no_trainer."""
-    per_epoch = steps_per_epoch(batches_per_epoch, cfg.gradient_accumulation_steps)
-    if cfg.max_train_steps is not None:
-        return cfg.max_train_steps, math.ceil(cfg.max_train_steps / per_epoch)
-    return math.ceil(cfg.num_train_epochs * per_epoch), math.ceil(cfg.num_train_epochs)

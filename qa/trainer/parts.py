@@ -1,14 +1,10 @@
-"""The typed parts of a run, each built complete in one place (``qa.trainer.setup``), and the small config
-sections the loop and the evaluation read. Components get the section they need, never the whole config.
-"""
+"""The typed parts of a run, each built complete in one place (``qa.trainer.setup``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from qa.eval.settings import DecodeSettings
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import datasets
@@ -18,56 +14,10 @@ if TYPE_CHECKING:
 
     from qa.checkpoint.manager import Checkpointer
     from qa.checkpoint.state import TrainState
-    from qa.config import TrainConfig
     from qa.data.sampler import StepBatchSampler
     from qa.eval.evaluator import EvalExamples, EvalFeatures
     from qa.tracking.tracker import Tracker
     from qa.trainer.preemption import PreemptionHandler
-
-
-# ---- config sections ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    batch_size: int
-    max_seq_length: int
-    seed: int
-    output_dir: Path
-    save_logits: bool
-    sample_table_size: int
-    decode: DecodeSettings
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> EvalSettings:
-        return cls(batch_size=cfg.per_device_eval_batch_size, max_seq_length=cfg.max_seq_length, seed=cfg.seed,
-                   output_dir=Path(cfg.output_dir), save_logits=cfg.save_logits,
-                   sample_table_size=cfg.eval_sample_table_size,
-                   decode=DecodeSettings(cfg.n_best_size, cfg.max_answer_length, cfg.version_2_with_negative,
-                                         cfg.null_score_diff_threshold))
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    max_grad_norm: float
-    logging_steps: int
-    do_eval: bool
-    eval_strategy: Literal["epoch", "steps", "end"]
-    eval_steps: int | None
-    checkpointing_steps: int | Literal["epoch"] | None
-    export_every_checkpoint: bool
-    preemption_grace_seconds: float
-    output_dir: Path
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> LoopSettings:
-        return cls(max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, do_eval=cfg.do_eval,
-                   eval_strategy=cfg.eval_strategy, eval_steps=cfg.eval_steps,
-                   checkpointing_steps=cfg.checkpointing_steps, export_every_checkpoint=cfg.export_every_checkpoint,
-                   preemption_grace_seconds=cfg.preemption_grace_seconds, output_dir=Path(cfg.output_dir))
-
-
-# ---- what set-up builds ------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -16,11 +16,12 @@ from qa.data import formats as qa_formats
 from qa.distributed.gather import GatheredLogits
 from qa.eval.evaluator import EvalExamples, EvalFeatures, decode_and_score, decode_features
 from qa.eval.outputs import write_eval_outputs, write_predictions
+from qa.eval.settings import EvalSettings
 from qa.trainer.evaluation import gather_then_on_rank_zero
-from qa.trainer.parts import EvalSettings, Model, Session
+from qa.trainer.parts import Model, Session
 
 if TYPE_CHECKING:
-    from qa.config import TrainConfig
+    from qa.data.settings import DataSettings
 
 logger = logging.getLogger(__name__)
 PREFIX = "test"
@@ -34,7 +35,7 @@ class PredictData:
     labeled: bool  # every example has answers: score the predictions
 
 
-def prepare_data(cfg: TrainConfig, session: Session, tokenizer: Any) -> PredictData:
+def prepare_data(data: DataSettings, session: Session, tokenizer: Any) -> PredictData:
     """Test examples (answers optional) -> windows; built by the main process first, cached, like eval's.
 
     Collective: every rank calls it.
@@ -42,21 +43,21 @@ def prepare_data(cfg: TrainConfig, session: Session, tokenizer: Any) -> PredictD
     acc = session.accelerator
     with acc.main_process_first():
         examples = qa_formats.load_examples(
-            dataset_name=None, dataset_config_name=None, data_file=cfg.test_file, split="test",
-            max_samples=cfg.max_predict_samples, version_2_with_negative=cfg.version_2_with_negative,
+            dataset_name=None, dataset_config_name=None, data_file=data.test_file, split="test",
+            max_samples=data.max_predict_samples, version_2_with_negative=data.version_2_with_negative,
             require_answers=False)
         feats = qa_features.build_eval_features(
-            examples, tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
-            num_proc=cfg.preprocessing_num_workers, overwrite_cache=cfg.overwrite_cache, source=cfg.test_file)
+            examples, tokenizer, max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
+            num_proc=data.preprocessing_num_workers, overwrite_cache=data.overwrite_cache, source=data.test_file)
     answers = examples["answers"]
     n_labeled = sum(a is not None for a in answers)
     if 0 < n_labeled < len(answers):
-        logger.warning("%s: %d of %d examples have answers; predicting without scoring", cfg.test_file,
+        logger.warning("%s: %d of %d examples have answers; predicting without scoring", data.test_file,
                        n_labeled, len(answers))
     arrays = None
     if acc.is_main_process:
         arrays = EvalFeatures(example_index=np.asarray(feats["example_index"], dtype=np.int64),
-                              offsets=qa_features.packed_offsets(feats, cfg.max_seq_length),
+                              offsets=qa_features.packed_offsets(feats, data.max_seq_length),
                               cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
     logger.info("test: %d examples (%s), %d windows", len(answers),
                 "with answers" if n_labeled == len(answers) else "unlabeled", len(feats))

@@ -1,7 +1,8 @@
 """Setting up a run: the steps ``train.py`` calls, each one small, in the order they happen.
 
-Each step builds one typed part (``qa.trainer.parts``) complete. Every step here is collective: every rank
-calls it, in the same order. User errors (config, data, resume target, storage) surface before the output
+Each step builds one typed part (``qa.trainer.parts``) complete from the config sections it needs
+(``qa.config.sections``): this module and ``train.py`` are where the config is handed out, no component below
+sees all of it. Every step here is collective: every rank calls it, in the same order. User errors (config, data, resume target, storage) surface before the output
 directory, the tracker or W&B are touched.
 """
 
@@ -21,19 +22,21 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from qa.checkpoint.manager import Checkpointer
-from qa.checkpoint.state import TrainState, data_order_key
-from qa.config import TrainConfig, save_config
+from qa.checkpoint.settings import StorageSettings
+from qa.checkpoint.state import TrainState
+from qa.config import Sections, TrainConfig
 from qa.data import features as qa_features
 from qa.data import formats as qa_formats
 from qa.data.sampler import StepBatchSampler, check_fills_one_step
+from qa.data.settings import DataSettings
 from qa.distributed.accelerator import build_accelerator, load_deepspeed_config, resolve_precision
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
 from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
+from qa.model.settings import ModelSettings
 from qa.trainer.export import export_model
-from qa.trainer.loop import total_steps
 from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
@@ -58,22 +61,24 @@ def _setup_logging(is_main: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
-def start(cfg: TrainConfig) -> Session:
+def start(cfg: TrainConfig, sections: Sections) -> Session:
     """Accelerator, input checks, storage, checkpoint to resume from, then the tracker: all before data or model.
+    ``cfg`` itself only decides who owns output_dir and is recorded (run_config.yaml, the tracker's config).
 
     Collective: every rank calls it.
     """
     from qa.tracking.tracker import Tracker, log_with_for
 
-    accelerator = build_accelerator(cfg, log_with=log_with_for(cfg.report_to))
+    accelerator = build_accelerator(sections.distributed, sections.optimizer,
+                                    log_with=log_with_for(sections.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
-    set_seed(cfg.seed)
-    precision = resolve_precision(cfg)
-    on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
+    set_seed(sections.data.seed)
+    precision = resolve_precision(sections.distributed.mixed_precision)
+    on_rank_zero(accelerator, lambda: check_data(sections.data))  # bad data fails here, before anything is written
     claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
     try:
-        store, uploader = _storage(cfg, accelerator)
-        checkpointer = Checkpointer(cfg, accelerator, store, uploader)
+        store, uploader = _storage(sections.storage, accelerator)
+        checkpointer = Checkpointer(sections.checkpoint, accelerator, store, uploader)
         resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
         check_resume_target(cfg, resume_path, accelerator)  # not past max_train_steps
         # A checkpoint this run cannot continue (data order, global batch) fails here, before anything is written.
@@ -82,20 +87,17 @@ def start(cfg: TrainConfig) -> Session:
         if accelerator.is_main_process:
             abandon(cfg.output_dir)  # a refused start leaves output_dir as it found it
         raise
-    state = TrainState(seed=cfg.seed, world_size=accelerator.num_processes,
-                       data_order=data_order_key(cfg, accelerator.num_processes))
+    state = TrainState(seed=sections.data.seed, world_size=accelerator.num_processes,
+                       data_order=sections.data.order.key(accelerator.num_processes))
     if saved is not None:
         state.tracker_run_id = saved.tracker_run_id
     if accelerator.is_local_main_process:  # every node's own output_dir (they need not share a filesystem)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         clear_marker(cfg.output_dir)
     if accelerator.is_main_process:
-        save_config(cfg, Path(cfg.output_dir) / "run_config.yaml")
-    tracker = Tracker(
-        accelerator, output_dir=cfg.output_dir, report_to=cfg.report_to, project=cfg.wandb_project,
-        entity=cfg.wandb_entity, run_name=cfg.resolved_run_name, tags=cfg.wandb_tags,
-        group=cfg.wandb_group or cfg.resolved_run_name, config=cfg.to_dict(),
-        resume_run_id=state.tracker_run_id,
+        (Path(cfg.output_dir) / "run_config.yaml").write_text(sections.checkpoint.config_yaml)
+    tracker = Tracker.from_settings(
+        accelerator, sections.tracking, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
     )
     state.tracker_run_id = tracker.run_id
@@ -103,28 +105,28 @@ def start(cfg: TrainConfig) -> Session:
                    preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)
 
 
-def check_data(cfg: TrainConfig) -> None:
+def check_data(data: DataSettings) -> None:
     """Read and validate every data file this run uses (DataError names the file and id); warms the cache."""
-    splits = [("train", cfg.train_file, cfg.do_train), ("validation", cfg.validation_file, cfg.do_eval),
-              ("test", cfg.test_file, cfg.do_predict)]
+    splits = [("train", data.train_file, data.do_train), ("validation", data.validation_file, data.do_eval),
+              ("test", data.test_file, data.do_predict)]
     for split, path, used in splits:
         if used and path is not None:
             qa_formats.load_examples(dataset_name=None, dataset_config_name=None, data_file=path, split=split,
-                                     skip_misaligned=cfg.skip_misaligned_answers and split == "train",
-                                     max_samples=None, version_2_with_negative=cfg.version_2_with_negative,
+                                     skip_misaligned=data.skip_misaligned_answers and split == "train",
+                                     max_samples=None, version_2_with_negative=data.version_2_with_negative,
                                      require_answers=split != "test")
 
 
-def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:
+def _storage(settings: StorageSettings, accelerator: Accelerator) -> tuple[Any, Any]:
     """The store, checked at start-up by rank 0 and then by every other node (bad credentials or a missing bucket
     fail before training), and this node's uploader."""
-    if cfg.s3_uri is None:
+    if settings.uri is None:
         return None, None
     from qa.checkpoint.store import StorageError, open_store
     from qa.checkpoint.uploader import BackgroundUploader
 
-    store = open_store(cfg.s3_uri, sse=cfg.s3_sse, sse_kms_key_id=cfg.s3_sse_kms_key_id,
-                       create_bucket=cfg.s3_create_bucket)
+    store = open_store(settings.uri, sse=settings.sse, sse_kms_key_id=settings.sse_kms_key_id,
+                       create_bucket=settings.create_bucket)
 
     def check() -> None:
         try:
@@ -147,49 +149,31 @@ def _storage(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any]:
             error.reported_by_rank_zero = not accelerator.is_main_process  # type: ignore[attr-defined]
             raise error
     # Each node publishes its own ranks' checkpoint files (qa.checkpoint.parts): one uploader per node.
-    uploader = (BackgroundUploader(store, deadline_s=cfg.s3_upload_timeout) if accelerator.is_local_main_process
+    uploader = (BackgroundUploader(store, deadline_s=settings.upload_timeout_s) if accelerator.is_local_main_process
                 else None)
     return store, uploader
 
 
-def prepare_data(cfg: TrainConfig, session: Session) -> Data:
+def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> Data:
     """Examples and features; built once by the main process (cached), then loaded by the others.
 
     Collective: every rank calls it.
     """
     acc = session.accelerator
-    tokenizer = load_tokenizer(cfg)
-    num_proc = cfg.preprocessing_num_workers
+    tokenizer = load_tokenizer(model)
     train, eval_set = None, None
     with acc.main_process_first():
-        if cfg.do_train:
+        if data.do_train:
             train_ex = qa_formats.load_examples(
-                dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
-                data_file=cfg.train_file, split="train", skip_misaligned=cfg.skip_misaligned_answers,
-                max_samples=cfg.max_train_samples, version_2_with_negative=cfg.version_2_with_negative)
+                dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
+                data_file=data.train_file, split="train", skip_misaligned=data.skip_misaligned_answers,
+                max_samples=data.max_train_samples, version_2_with_negative=data.version_2_with_negative)
             train = qa_features.build_train_features(
-                train_ex, tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
-                num_proc=num_proc, overwrite_cache=cfg.overwrite_cache,
-                source=cfg.train_file or f"{cfg.dataset_name}:train")
-        if cfg.do_eval:
-            eval_ex = qa_formats.load_examples(
-                dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
-                data_file=cfg.validation_file, split="validation", max_samples=cfg.max_eval_samples,
-                version_2_with_negative=cfg.version_2_with_negative)
-            feats = qa_features.build_eval_features(
-                eval_ex, tokenizer, max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride,
-                num_proc=num_proc, overwrite_cache=cfg.overwrite_cache,
-                source=cfg.validation_file or f"{cfg.dataset_name}:validation")
-            examples = EvalExamples(
-                ids=list(eval_ex["id"]), contexts=list(eval_ex["context"]),
-                answers=[list(a["text"]) for a in eval_ex["answers"]], questions=list(eval_ex["question"]))
-            arrays = None
-            if acc.is_main_process:  # only rank 0 decodes
-                arrays = EvalFeatures(
-                    example_index=np.asarray(feats["example_index"], dtype=np.int64),
-                    offsets=qa_features.packed_offsets(feats, cfg.max_seq_length),
-                    cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
-            eval_set = EvalSet(features=feats, examples=examples, arrays=arrays)
+                train_ex, tokenizer, max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
+                num_proc=data.preprocessing_num_workers, overwrite_cache=data.overwrite_cache,
+                source=data.train_file or f"{data.dataset_name}:train")
+        if data.do_eval:
+            eval_set = _eval_set(data, tokenizer, is_main=acc.is_main_process)
     if train is not None:
         logger.info("train: %d features", len(train))
     if eval_set is not None:
@@ -197,19 +181,41 @@ def prepare_data(cfg: TrainConfig, session: Session) -> Data:
     return Data(tokenizer=tokenizer, train=train, eval=eval_set)
 
 
-def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
+def _eval_set(data: DataSettings, tokenizer: Any, *, is_main: bool) -> EvalSet:
+    eval_ex = qa_formats.load_examples(
+        dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
+        data_file=data.validation_file, split="validation", max_samples=data.max_eval_samples,
+        version_2_with_negative=data.version_2_with_negative)
+    feats = qa_features.build_eval_features(
+        eval_ex, tokenizer, max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
+        num_proc=data.preprocessing_num_workers, overwrite_cache=data.overwrite_cache,
+        source=data.validation_file or f"{data.dataset_name}:validation")
+    examples = EvalExamples(
+        ids=list(eval_ex["id"]), contexts=list(eval_ex["context"]),
+        answers=[list(a["text"]) for a in eval_ex["answers"]], questions=list(eval_ex["question"]))
+    arrays = None
+    if is_main:  # only rank 0 decodes
+        arrays = EvalFeatures(
+            example_index=np.asarray(feats["example_index"], dtype=np.int64),
+            offsets=qa_features.packed_offsets(feats, data.max_seq_length),
+            cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
+    return EvalSet(features=feats, examples=examples, arrays=arrays)
+
+
+def build_model(sections: Sections, session: Session, data: Data) -> Model:
     """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once).
 
     Collective: every rank calls it.
     """
     acc = session.accelerator
-    model = load_model(cfg)
+    batching = sections.data
+    model = load_model(sections.model)
     accepted = set(inspect.signature(model.forward).parameters)
     # pad_to_multiple_of=8: tensor-core friendly shapes at almost no padding cost.
     collator = DataCollatorWithPadding(data.tokenizer, pad_to_multiple_of=8)
     eval_names = [k for k in MODEL_INPUTS if k in accepted
                   and (data.eval is None or k in data.eval.features.column_names)]
-    if not cfg.do_train:
+    if not batching.do_train:
         # Inference needs no optimizer sharding: below ZeRO-3 each rank holds the plain model; under ZeRO-3
         # DeepSpeed partitions the weights (its engine runs without an optimizer).
         if acc.state.deepspeed_plugin is not None and acc.state.deepspeed_plugin.zero_stage >= 3:
@@ -220,30 +226,30 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
     # Labels stay out of the forward call: the loop computes a padding-invariant loss from the logits.
     train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
     keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
-    check_fills_one_step(len(feats), cfg.per_device_train_batch_size, acc.num_processes,
-                         cfg.gradient_accumulation_steps)
-    sampler = StepBatchSampler(np.asarray(feats["length"]), cfg.per_device_train_batch_size, acc.num_processes,
-                               cfg.gradient_accumulation_steps, seed=cfg.seed, group_by_length=cfg.group_by_length)
+    micro, accumulation = batching.per_device_train_batch_size, batching.gradient_accumulation_steps
+    check_fills_one_step(len(feats), micro, acc.num_processes, accumulation)
+    sampler = StepBatchSampler(np.asarray(feats["length"]), micro, acc.num_processes, accumulation,
+                               seed=batching.seed, group_by_length=batching.group_by_length)
     loader = torch.utils.data.DataLoader(
         feats.select_columns(keep), batch_sampler=sampler, collate_fn=collator,
-        num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        num_workers=batching.dataloader_num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
         # Its own generator keeps the global RNG (dropout) untouched by loader start-up, which exact
         # resume relies on.
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=torch.Generator().manual_seed(batching.seed),
     )
     batches_per_epoch = len(sampler) // acc.num_processes
-    steps, epochs = total_steps(cfg, batches_per_epoch)
-    ds_config = load_deepspeed_config(cfg, world_size=acc.num_processes, precision=session.precision,
-                                      num_training_steps=steps)
+    steps, epochs = sections.loop.total_steps(batches_per_epoch // accumulation)
+    ds_config = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=acc.num_processes,
+                                      precision=session.precision, num_training_steps=steps)
     if ds_config is not None:
         if session.resume_path is not None and session.checkpointer.needs_reshard(session.resume_path):
             # ZeRO state saved on another world size loads as a universal checkpoint (qa.checkpoint.reshard); the
             # engine reads this switch when it loads.
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
-    optimizer = build_optimizer(cfg, model, ds_config)
-    scheduler = build_scheduler(cfg, optimizer, steps, ds_config)
-    if cfg.torch_compile:
+    optimizer = build_optimizer(sections.optimizer, model, ds_config)
+    scheduler = build_scheduler(sections.optimizer, optimizer, steps, ds_config)
+    if sections.model.torch_compile:
         model = torch.compile(model)
     module, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
     logger.info("train: %d optimizer steps over %d epochs (%d micro-batches per rank per epoch)",
@@ -251,22 +257,23 @@ def build_model(cfg: TrainConfig, session: Session, data: Data) -> Model:
     return Model(module=module, collator=collator, eval_input_names=eval_names, train_input_names=train_names,
                  optimizer=optimizer, scheduler=scheduler, train_loader=loader, sampler=sampler,
                  plan=StepPlan(total_steps=steps, num_epochs=epochs, batches_per_epoch=batches_per_epoch,
-                               accumulation=cfg.gradient_accumulation_steps))
+                               accumulation=accumulation))
 
 
-def resume(cfg: TrainConfig, session: Session) -> None:
+def resume(data: DataSettings, session: Session) -> None:
     """Collective: restore model/optimizer/scheduler/RNG and the data position, if resuming."""
     if session.resume_path is None:
         return
+    world = session.accelerator.num_processes
     session.state = session.checkpointer.load(session.resume_path, session.state)
     session.state.tracker_run_id = session.tracker.run_id
-    session.state.data_order = data_order_key(cfg, session.accelerator.num_processes)
-    session.state.world_size = session.accelerator.num_processes
+    session.state.data_order = data.order.key(world)
+    session.state.world_size = world
 
 
-def export(cfg: TrainConfig, session: Session, model: Model, data: Data) -> Path:
+def export(output_dir: Path, session: Session, model: Model, data: Data) -> Path:
     """Collective: save_pretrained + tokenizer to output_dir/final, then upload it in the background."""
-    final = Path(cfg.output_dir) / "final"
+    final = output_dir / "final"
     export_model(session.accelerator, model.module, data.tokenizer, final)
     session.checkpointer.upload_final(final)
     if session.accelerator.is_main_process:
@@ -274,7 +281,7 @@ def export(cfg: TrainConfig, session: Session, model: Model, data: Data) -> Path
     return final
 
 
-def finish(cfg: TrainConfig, session: Session, outcome: str) -> None:
+def finish(storage: StorageSettings, session: Session, outcome: str) -> None:
     """Wait for uploads (bounded), write the summary, close the tracker."""
     st = session.state
     session.tracker.summary({
@@ -284,7 +291,7 @@ def finish(cfg: TrainConfig, session: Session, outcome: str) -> None:
     })
     error = None
     try:
-        session.checkpointer.wait_uploads(cfg.s3_upload_timeout)
+        session.checkpointer.wait_uploads(storage.upload_timeout_s)
     except Exception as e:  # noqa: BLE001 - reported after the tracker is closed
         error = e
     session.tracker.finish()

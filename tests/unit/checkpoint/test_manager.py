@@ -14,9 +14,10 @@ import pytest
 from qa.checkpoint.local import LocalStore
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.rotation import by_step, checkpoints_to_delete, crash_leftovers, newest_first
+from qa.checkpoint.settings import CheckpointSettings
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints, step_name, step_of
 from qa.checkpoint.uploader import BackgroundUploader
-from qa.config import TrainConfig
+from qa.config import TrainConfig, split_config
 from qa.errors import ConfigError
 
 Tree = Callable[..., Path]
@@ -64,8 +65,9 @@ def test_complete_checkpoints_are_ordered_by_step(tmp_path: Path) -> None:
 # -- rank 0's share of the Checkpointer ----------------------------------------------------------------
 
 
-def config(tmp_path: Path, limit: int | None = 2) -> TrainConfig:
-    return TrainConfig(output_dir=str(tmp_path / "out"), run_name="run-a", save_total_limit=limit)
+def config(tmp_path: Path, limit: int | None = 2) -> CheckpointSettings:
+    return split_config(TrainConfig(output_dir=str(tmp_path / "out"), run_name="run-a",
+                                    save_total_limit=limit)).checkpoint
 
 
 def checkpoint_tree(root: Path, step: int, tree: Tree) -> Path:

@@ -32,7 +32,7 @@ from qa.checkpoint.parts import (
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, step_name
 from qa.checkpoint.store import MANIFEST_NAME, StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
-from qa.config import TrainConfig
+from qa.config import TrainConfig, split_config
 
 SHARED = ["COMPLETE", "trainer_state.json", "config.yaml", "scheduler.bin", "pytorch_model/mp_rank_00_model_states.pt",
           "pytorch_model/latest", "model/model.safetensors"]
@@ -100,7 +100,7 @@ def write_checkpoint(dirs: list[Path], step: int, world: int, node_of: Callable[
 
 def node(tmp_path: Path, k: int, layout: NodeLayout, store: Any = None, uploader: Any = None) -> Checkpointer:
     cfg = TrainConfig(output_dir=str(tmp_path / f"node{k}"), run_name="run", save_total_limit=3)
-    ckpt = Checkpointer(cfg, None, store, uploader)
+    ckpt = Checkpointer(split_config(cfg).checkpoint, None, store, uploader)
     ckpt.layout = layout
     return ckpt
 
@@ -215,8 +215,8 @@ def resolve_on_every_node(nodes: list[Checkpointer], spec: str) -> list[Any]:
 
     def run(k: int) -> None:
         try:
-            results[k] = nodes[k]._resolve(spec, gather=lambda v: coll.gather(k, v),
-                                           decide=lambda fn: coll.decide(k, fn), local_main=True)
+            results[k] = nodes[k].resume_finder().find(spec, gather=lambda v: coll.gather(k, v),
+                                                         decide=lambda fn: coll.decide(k, fn), local_main=True)
         except Exception as e:  # noqa: BLE001 - compared by the test
             results[k] = e
             coll.barrier.abort()

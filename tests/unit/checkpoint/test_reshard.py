@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qa.checkpoint.manager import check_resume
 from qa.checkpoint.reshard import accumulation_for, check_global_batch, repair_optimizer_after_universal_load
-from qa.checkpoint.state import STATE_FILE, TrainState, data_order_key
-from qa.config import TrainConfig
+from qa.checkpoint.resume import check_resume
+from qa.checkpoint.state import STATE_FILE, TrainState
+from qa.config import TrainConfig, split_config
 from qa.errors import ConfigError
 
 
@@ -43,7 +43,7 @@ def test_old_states_count_per_rank_batches_and_read_as_global_steps(tmp_path: Pa
     state = TrainState.from_file(tmp_path / STATE_FILE)
     assert state.steps_in_epoch == 5 and state.global_batch_size == 16
     cfg = TrainConfig(per_device_train_batch_size=2, gradient_accumulation_steps=3)
-    new = TrainState(world_size=4, data_order=data_order_key(cfg, 4))
+    new = TrainState(world_size=4, data_order=split_config(cfg).data.order.key(4))
     assert new.global_batch_size == 24
 
 
@@ -51,7 +51,7 @@ def _checkpoint(tmp_path: Path, world: int, **cfg_kwargs: object) -> Path:
     saved_cfg = TrainConfig(**cfg_kwargs)
     path = tmp_path / "step_0000003"
     path.mkdir()
-    state = TrainState(global_step=3, steps_in_epoch=3, world_size=world, data_order=data_order_key(saved_cfg, world))
+    state = TrainState(global_step=3, steps_in_epoch=3, world_size=world, data_order=split_config(saved_cfg).data.order.key(world))
     (path / STATE_FILE).write_text(state.to_json())
     return path
 
@@ -63,7 +63,7 @@ class _Checker:
         self.cfg, self.world = cfg, world
 
     def check_resume(self, path: Path) -> TrainState:
-        return check_resume(self.cfg, self.world, path)
+        return check_resume(split_config(self.cfg).checkpoint, self.world, path)
 
 
 def _checker(tmp_path: Path, world: int, **cfg_kwargs: object) -> _Checker:

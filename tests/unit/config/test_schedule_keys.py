@@ -9,15 +9,22 @@ import pytest
 import torch
 from transformers import SchedulerType
 
-from qa.config import TrainConfig, load_config
+from qa.config import TrainConfig, load_config, split_config
 from qa.config.checks import UNSUPPORTED_SCHEDULERS
 from qa.distributed.accelerator import load_deepspeed_config
+from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
 from qa.model.optim import build_scheduler, warmup_steps
+from qa.model.settings import OptimizerSettings
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN = str(REPO / "data" / "demo" / "train.json")
 DEV = str(REPO / "data" / "demo" / "dev.json")
+
+def _ds_sections(cfg: TrainConfig) -> tuple[DistributedSettings, OptimizerSettings]:
+    sections = split_config(cfg)
+    return sections.distributed, sections.optimizer
+
 
 
 def _base(*extra: str) -> list[str]:
@@ -28,7 +35,7 @@ def _lrs(cfg: TrainConfig, total: int) -> list[float]:
     """The learning rate after each of ``total`` optimizer steps under build_scheduler."""
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=cfg.learning_rate)
-    sched = build_scheduler(cfg, opt, total, None)
+    sched = build_scheduler(split_config(cfg).optimizer, opt, total, None)
     out = []
     for _ in range(total):
         opt.step()
@@ -39,7 +46,7 @@ def _lrs(cfg: TrainConfig, total: int) -> list[float]:
 
 def test_warmup_ratio_of_50_steps_warms_up_for_5(tmp_path: Path) -> None:
     cfg = load_config(_base("--warmup_ratio", "0.1", "--learning_rate", "1e-3"))
-    assert cfg.num_warmup_steps == 0 and warmup_steps(cfg, 50) == 5
+    assert cfg.num_warmup_steps == 0 and warmup_steps(split_config(cfg).optimizer, 50) == 5
     lrs = _lrs(cfg, 50)
     assert max(range(50), key=lrs.__getitem__) + 1 == 5  # peak after the 5th step
     assert lrs[4] == pytest.approx(1e-3) and lrs[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4])
@@ -48,14 +55,14 @@ def test_warmup_ratio_of_50_steps_warms_up_for_5(tmp_path: Path) -> None:
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}},
                    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": "auto",
                                                                      "total_num_steps": "auto"}}}))
-    filled = load_deepspeed_config(TrainConfig(deepspeed=str(ds), warmup_ratio=0.1), world_size=1,
+    filled = load_deepspeed_config(*_ds_sections(TrainConfig(deepspeed=str(ds), warmup_ratio=0.1)), world_size=1,
                                    precision="no", num_training_steps=50)
     assert filled["scheduler"]["params"]["warmup_num_steps"] == 5
     assert filled["scheduler"]["params"]["total_num_steps"] == 50
     # num_warmup_steps alone keeps its meaning; float error does not add a step (0.1 * 30 = 3.0000000000000004).
-    assert warmup_steps(TrainConfig(num_warmup_steps=7), 50) == 7
-    assert warmup_steps(TrainConfig(warmup_ratio=0.1), 30) == 3
-    assert warmup_steps(TrainConfig(warmup_ratio=0.1), 31) == 4  # rounded up, as transformers does
+    assert warmup_steps(split_config(TrainConfig(num_warmup_steps=7)).optimizer, 50) == 7
+    assert warmup_steps(split_config(TrainConfig(warmup_ratio=0.1)).optimizer, 30) == 3
+    assert warmup_steps(split_config(TrainConfig(warmup_ratio=0.1)).optimizer, 31) == 4  # rounded up, as transformers does
 
 
 def test_warmup_ratio_and_steps_are_exclusive(tmp_path: Path) -> None:

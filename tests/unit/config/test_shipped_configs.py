@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from fixtures import REPO, launch, make_tiny_model
-from qa.config import TrainConfig, load_config
+from qa.config import TrainConfig, load_config, split_config
 from qa.distributed.accelerator import load_deepspeed_config, zero_stage
+from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
+from qa.model.settings import OptimizerSettings
 from qa.preflight.checks import _ACCELERATE_FIELDS_REFUSED_WITH_JSON, _check_ds_values, check_plan
 from qa.preflight.launch import accelerate_config_for
 
@@ -21,6 +23,11 @@ ACCELERATE_YAMLS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
 DS_JSONS = sorted((CONFIGS / "deepspeed").glob("*.json"))
 OWNED_BY_RUN_CONFIG = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                        "gradient_clipping")
+
+def _ds_sections(cfg: TrainConfig) -> tuple[DistributedSettings, OptimizerSettings]:
+    sections = split_config(cfg)
+    return sections.distributed, sections.optimizer
+
 
 
 def _id(p: Path) -> str:
@@ -129,7 +136,7 @@ def test_deepspeed_json_leaves_run_values_to_the_run_config(path: Path, precisio
             assert value == "auto", f"{path.name}: {section}.params.{key}"
     cfg = TrainConfig(deepspeed=str(path), per_device_train_batch_size=6, gradient_accumulation_steps=2,
                       max_grad_norm=0.7, mixed_precision=precision)
-    filled = load_deepspeed_config(cfg, world_size=8, precision=precision)
+    filled = load_deepspeed_config(*_ds_sections(cfg), world_size=8, precision=precision)
     assert filled["train_micro_batch_size_per_gpu"] == 6 and filled["train_batch_size"] == 96
     assert filled["gradient_clipping"] == 0.7 and filled["fp16"]["enabled"] is (precision == "fp16")
     check_plan(cfg, 8, cuda=precision == "fp16")  # also: an optimizer section needs a scheduler section

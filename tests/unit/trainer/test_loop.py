@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
-from qa.trainer.loop import CHECKPOINT, EVAL, LOG, step_events, total_steps
-from qa.trainer.parts import LoopSettings
+from qa.trainer.loop import CHECKPOINT, EVAL, LOG, step_events
+from qa.trainer.settings import LoopSettings
 
-BASE = LoopSettings(max_grad_norm=1.0, logging_steps=10, do_eval=True, eval_strategy="epoch", eval_steps=None,
+BASE = LoopSettings(num_train_epochs=2.0, max_train_steps=None, max_grad_norm=1.0, logging_steps=10, do_eval=True,
+                    eval_strategy="epoch", eval_steps=None,
                     checkpointing_steps=None, export_every_checkpoint=False, preemption_grace_seconds=110.0,
                     output_dir=Path("out"))
 
@@ -39,7 +39,6 @@ def test_checkpoints_by_step_count_only_when_an_int() -> None:
 
 
 def test_total_steps_max_train_steps_wins_and_epochs_round_up() -> None:
-    cfg = SimpleNamespace(gradient_accumulation_steps=2, max_train_steps=None, num_train_epochs=1.5)
-    assert total_steps(cfg, batches_per_epoch=10) == (8, 2)  # 5 optimizer steps per epoch
-    cfg.max_train_steps = 12
-    assert total_steps(cfg, batches_per_epoch=10) == (12, 3)
+    loop = replace(BASE, num_train_epochs=1.5)
+    assert loop.total_steps(steps_per_epoch=5) == (8, 2)
+    assert replace(loop, max_train_steps=12).total_steps(steps_per_epoch=5) == (12, 3)
