@@ -1,1 +1,2 @@
-"""Data: reading SQuAD-format files (``formats``), sliding-window features (``features``), batch order (``sampler``)."""
+"""Data: reading SQuAD-format files (``formats``), sliding-window features (``features``), batch order (``sampler``),
+the data section of the config (``settings``)."""

@@ -18,6 +18,8 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 __all__ = ["normalize_answer", "squad_v1", "squad_v2"]
 
 # A character class removes exactly the characters the official ``''.join(ch for ch in text if ch not
@@ -59,26 +61,25 @@ def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     return n
 
 
-def _f1_v1(pred_toks: tuple[str, ...], gold_toks: tuple[str, ...]) -> float:
-    # evaluate-v1.1.py ``f1_score``: int 0 when nothing overlaps (even if both are empty).
-    num_same = _overlap(pred_toks, gold_toks)
+def _f1_of_overlap(num_same: int, n_pred: int, n_gold: int) -> float:
+    # Both official scripts: int 0 when nothing overlaps, else the harmonic mean of precision and recall.
     if num_same == 0:
         return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
+    precision = 1.0 * num_same / n_pred
+    recall = 1.0 * num_same / n_gold
     return (2 * precision * recall) / (precision + recall)
+
+
+def _f1_v1(pred_toks: tuple[str, ...], gold_toks: tuple[str, ...]) -> float:
+    # evaluate-v1.1.py ``f1_score``: 0 when nothing overlaps, even if both are empty.
+    return _f1_of_overlap(_overlap(pred_toks, gold_toks), len(pred_toks), len(gold_toks))
 
 
 def _f1_v2(gold_toks: tuple[str, ...], pred_toks: tuple[str, ...]) -> float:
     # evaluate-v2.0.py ``compute_f1``: an empty side scores int(equal), i.e. no-answer vs no-answer = 1.
     if len(gold_toks) == 0 or len(pred_toks) == 0:
         return int(gold_toks == pred_toks)
-    num_same = _overlap(gold_toks, pred_toks)
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
-    return (2 * precision * recall) / (precision + recall)
+    return _f1_of_overlap(_overlap(gold_toks, pred_toks), len(pred_toks), len(gold_toks))
 
 
 def _unique(items: Sequence[str]) -> list[str]:
@@ -179,21 +180,13 @@ def squad_v2(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
 
 def _best_thresh(preds: Mapping[str, str], scores: Mapping[str, float], na_probs: Mapping[str, float],
                  has_ans: Mapping[str, bool], order: Sequence[str]) -> tuple[float, float]:
-    # evaluate-v2.0.py ``find_best_thresh``: sweep the threshold upwards through the sorted na_probs.
-    cur_score = sum(1 for h in has_ans.values() if not h)
-    best_score = cur_score
-    best_thresh = 0.0
-    for qid in order:
-        if qid not in scores:
-            continue
-        if has_ans[qid]:
-            diff = scores[qid]
-        elif preds[qid]:
-            diff = -1
-        else:
-            diff = 0
-        cur_score += diff
-        if cur_score > best_score:
-            best_score = cur_score
-            best_thresh = na_probs[qid]
-    return 100.0 * best_score / len(scores), best_thresh
+    """evaluate-v2.0.py ``find_best_thresh``: the best score over thresholds swept upwards through the sorted
+    na_probs, and the first threshold that reaches it (0.0 if answering nothing is already best)."""
+    kept = [qid for qid in order if qid in scores]
+    # Predicting "no answer" below the threshold: a question with an answer gains its score once the threshold
+    # passes it; one without loses a point if something was predicted.
+    gains = [scores[qid] if has_ans[qid] else (-1 if preds[qid] else 0) for qid in kept]
+    # Accumulated one addition at a time from the all-no-answer score, as the script does: the same floats.
+    running = np.cumsum([sum(1 for h in has_ans.values() if not h), *gains], dtype=np.float64)
+    best = int(np.argmax(running))  # the first maximum: a later equal score does not move the threshold
+    return 100.0 * float(running[best]) / len(scores), (na_probs[kept[best - 1]] if best else 0.0)
