@@ -2,7 +2,7 @@
 
 Every feature is a window over one example's context. For each feature we take the ``n_best_size``
 highest start and end logits among *context* positions, score all k x k (start, end) pairs at once with
-broadcasting, keep each feature's best ``n_best_size`` valid pairs, then pool the candidates of all
+broadcasting, keep each feature's best ``n_best_size`` valid pairs (qa.eval.candidates), then pool the candidates of all
 features of an example with one sort keyed by (example, -score). Python only runs over the final,
 already-chosen n-best entries to build the output dicts.
 
@@ -26,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from qa.eval.candidates import Candidates, group_starts, null_candidates, span_candidates
 from qa.eval.settings import DecodeSettings
 from qa.eval.trim import SpanTrimmer
 
 __all__ = ["Decoded", "decode", "pack_offsets"]
 
 _NO_OFFSET = (-1, -1)
-# Features per vectorised block: ~[2048, k*k] float64 temporaries (a few MB at n_best 20).
-_CHUNK = 2048
 
 
 @dataclass
@@ -83,85 +82,6 @@ def _as_float(x: Any) -> np.ndarray:
     return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32)
 
 
-def _fill(n: int, dtype: np.dtype) -> np.ndarray:
-    """``n`` distinct values far below any real logit, for positions that must never win a top-k.
-
-    Distinct rather than a constant -inf because selection on rows full of equal values is several
-    times slower (quickselect degenerates on duplicates), and most rows are mostly non-context.
-    """
-    if np.dtype(dtype) == np.float32:
-        return (-3.0e38 + np.arange(n) * 1.0e32).astype(np.float32)  # step ~5 float32 ulps
-    return -1.0e300 + np.arange(n) * 1.0e286  # step ~7 float64 ulps
-
-
-def _top_k_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest entries of each row, ascending by column: ``[rows, k]``."""
-    n_rows, n = values.shape
-    if k >= n:
-        return np.broadcast_to(np.arange(n), values.shape)
-    # np.partition (values only) is SIMD-accelerated and several times faster than np.argpartition;
-    # a row has exactly k entries >= its k-th largest value unless there are ties there (or NaNs).
-    mask = values >= np.partition(values, n - k, axis=1)[:, n - k:n - k + 1]
-    flat = np.flatnonzero(mask)
-    if flat.shape[0] == n_rows * k:
-        rows = flat // n
-        if (rows == np.repeat(np.arange(n_rows), k)).all():  # exactly k per row: no ties, no NaNs
-            return (flat - rows * n).reshape(n_rows, k)
-    exact = np.count_nonzero(mask, axis=1) == k
-    out = np.empty((n_rows, k), dtype=np.int64)
-    out[exact] = (np.flatnonzero(mask[exact]) % n).reshape(-1, k)
-    tied = ~exact
-    out[tied] = np.sort(np.argpartition(values[tied], n - k, axis=1)[:, n - k:], axis=1)
-    return out
-
-
-# Position sentinels for top-k picks outside the context: any pair using one gets a negative length.
-_BAD_START = 1 << 24
-_BAD_END = -(1 << 24)
-
-
-def _span_candidates(start: np.ndarray, end: np.ndarray, is_ctx: np.ndarray, n_best_size: int,
-                     max_answer_length: int) -> tuple[np.ndarray, ...]:
-    """Each row's best ``n_best_size`` valid (start, end) pairs.
-
-    Columns: row, start position, end position, score (float64), start logit, end logit.
-
-    Ties at a feature's n-th best score may let a few more through; the per-example cut happens later.
-    """
-    n_feat, length = start.shape
-    k = min(n_best_size, length)
-    fill = _fill(length, start.dtype)
-    s_idx = _top_k_indices(np.where(is_ctx, start, fill), k)
-    e_idx = _top_k_indices(np.where(is_ctx, end, fill), k)
-    # Validity comes from the mask, not from the fill: a row with fewer than k context positions
-    # still yields k indices, some of them outside the context.
-    s_pos = np.where(np.take_along_axis(is_ctx, s_idx, 1), s_idx, _BAD_START).astype(np.int32)
-    e_pos = np.where(np.take_along_axis(is_ctx, e_idx, 1), e_idx, _BAD_END).astype(np.int32)
-    # 0 <= end - start < max_answer_length as one unsigned comparison (negatives wrap to huge).
-    ok = ((e_pos[:, None, :] - s_pos[:, :, None]).view(np.uint32) < max_answer_length).reshape(n_feat, k * k)
-    s_val = np.take_along_axis(start, s_idx, 1)
-    e_val = np.take_along_axis(end, e_idx, 1)
-    n_pairs = k * k
-    if n_best_size < n_pairs:
-        # Pre-selection in the logits' own dtype (half the memory traffic for float32). Rounding the
-        # exact sum is monotonic, so ">= the n-th best rounded sum" keeps every true top-n pair (plus
-        # possibly a few tied after rounding): a superset, cut exactly per example later. Invalid
-        # pairs get distinct fill values (not -inf) so that the partition stays fast.
-        key = np.where(ok, (s_val[:, :, None] + e_val[:, None, :]).reshape(n_feat, n_pairs),
-                       _fill(n_pairs, start.dtype))
-        ok &= key >= np.partition(key, n_pairs - n_best_size, axis=1)[:, n_pairs - n_best_size:][:, :1]
-    flat = np.flatnonzero(ok)
-    rows = flat // n_pairs
-    pair = flat - rows * n_pairs
-    s_at = rows * k + pair // k
-    e_at = rows * k + pair % k
-    s_logit = s_val.ravel()[s_at]
-    e_logit = e_val.ravel()[e_at]
-    # Exact scores (float64 sum of the logits) only for the survivors.
-    score = s_logit.astype(np.float64) + e_logit.astype(np.float64)
-    return rows, s_idx.ravel()[s_at], e_idx.ravel()[e_at], score, s_logit, e_logit
-
-
 def _group_sort(group: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Permutation sorting by (group asc, score desc), ties in input order: ``np.lexsort((-score, group))``.
 
@@ -186,13 +106,6 @@ def _group_sort(group: np.ndarray, score: np.ndarray) -> np.ndarray:
     return order
 
 
-def _group_starts(sorted_groups: np.ndarray) -> np.ndarray:
-    n = sorted_groups.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     # Building ~n_examples x n_best small dicts triggers collector passes over the whole heap (which,
@@ -208,9 +121,10 @@ def _gc_paused() -> Iterator[None]:
 
 
 def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_index: np.ndarray,
-           offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, *, n_best_size: int = DecodeSettings.n_best_size,
-           max_answer_length: int = DecodeSettings.max_answer_length, version_2_with_negative: bool = False,
-           null_score_diff_threshold: float = 0.0, cls_index: np.ndarray | None = None) -> Decoded:
+           offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, *,
+           n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length,
+           version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0,
+           cls_index: np.ndarray | None = None) -> Decoded:
     """Best answer text and n-best list per example from per-feature start/end logits.
 
     ``offsets``: ``[n_features, L, 2]`` char spans into the example's context, negative where the
@@ -227,9 +141,65 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
     if n_best_size < 1 or max_answer_length < 1:
         raise ValueError(f"n_best_size ({n_best_size}) and max_answer_length ({max_answer_length}) "
                          "must be >= 1")
-    n_ex = len(example_ids)
-    if len(contexts) != n_ex:
-        raise ValueError(f"{n_ex} example ids but {len(contexts)} contexts")
+    if len(contexts) != len(example_ids):
+        raise ValueError(f"{len(example_ids)} example ids but {len(contexts)} contexts")
+    feat_ex, offsets, start_all, end_all, cls = _checked_arrays(
+        len(example_ids), feature_example_index, offsets, start_logits, end_logits, cls_index,
+        check_cls=version_2_with_negative)
+    trimmer = SpanTrimmer(contexts)
+    spans = span_candidates(offsets, start_all, end_all, feat_ex, trimmer, n_best_size, max_answer_length)
+    null_score = np.full(len(example_ids), np.nan)
+    pool = spans
+    if version_2_with_negative:
+        # Nulls come last in the pool so that a span tied with the null score ranks first (as in HF).
+        null_score, nulls = null_candidates(start_all, end_all, feat_ex, cls, len(example_ids))
+        pool = Candidates.concat([spans, nulls])
+    ranked = _rank(pool, feat_ex, spans.feature.shape[0], n_best_size)
+
+    kept = ranked.order[ranked.keep]
+    k_ex = ranked.example[ranked.keep]
+    k_score = pool.score[kept]
+    k_cs, k_ce = _char_spans(offsets, pool.feature[kept], pool.start[kept], pool.end[kept],
+                             ranked.is_null[ranked.keep], trimmer, k_ex)
+    kg_start = group_starts(k_ex)
+    kg_size = np.diff(np.r_[kg_start, kept.shape[0]]).astype(np.int64)
+    if kept.shape[0]:
+        shifted = np.exp(k_score - np.repeat(np.maximum.reduceat(k_score, kg_start), kg_size))
+        prob = shifted / np.repeat(np.add.reduceat(shifted, kg_start), kg_size)
+    else:
+        prob = np.zeros(0, dtype=np.float64)
+    best = ranked.best_entry
+    best_ex = ranked.group_example[ranked.has_span]
+    b_cs, b_ce = _char_spans(offsets, pool.feature[best], pool.start[best], pool.end[best], None, trimmer, best_ex)
+    odds: np.ndarray | None = None
+    if version_2_with_negative:
+        # inf when there is no span at all: "" then wins under any threshold, as the prediction says.
+        odds = np.full(len(example_ids), np.inf)
+        odds[best_ex] = null_score[best_ex] - pool.score[best]
+
+    with _gc_paused():
+        k_spans = list(zip(k_cs.tolist(), k_ce.tolist(), strict=True))
+        texts = [contexts[e][a:b] for e, (a, b) in zip(k_ex.tolist(), k_spans, strict=True)]
+        entries = [
+            {"text": t, "probability": p, "start_logit": s, "end_logit": e}
+            for t, p, s, e in zip(texts, prob.tolist(), pool.start_logit[kept].tolist(),
+                                  pool.end_logit[kept].tolist(), strict=True)
+        ]
+        nbest_lists: list[list[dict[str, Any]] | None] = [None] * len(example_ids)
+        span_lists: list[list[tuple[int, int]] | None] = [None] * len(example_ids)
+        for e, a, n in zip(k_ex[kg_start].tolist(), kg_start.tolist(), kg_size.tolist(), strict=True):
+            nbest_lists[e] = entries[a:a + n]
+            span_lists[e] = k_spans[a:a + n]
+        best_span = [(0, 0)] * len(example_ids)
+        for e, a, b in zip(best_ex.tolist(), b_cs.tolist(), b_ce.tolist(), strict=True):
+            best_span[e] = (a, b)
+        return _assemble(example_ids, contexts, nbest_lists, span_lists, best_span, odds, null_score_diff_threshold)
+
+
+def _checked_arrays(n_ex: int, feature_example_index: np.ndarray, offsets: np.ndarray, start_logits: np.ndarray,
+                    end_logits: np.ndarray, cls_index: np.ndarray | None, *,
+                    check_cls: bool) -> tuple[np.ndarray, ...]:
+    """The decoder's inputs as contiguous arrays of the shapes it needs; ValueError naming the first misfit."""
     feat_ex = np.asarray(feature_example_index, dtype=np.int64).reshape(-1)
     n_feat = feat_ex.shape[0]
     offsets = np.ascontiguousarray(offsets)
@@ -246,135 +216,57 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
            else np.asarray(cls_index, dtype=np.int64).reshape(-1))
     if cls.shape[0] != n_feat:
         raise ValueError(f"cls_index has {cls.shape[0]} entries for {n_feat} features")
-    if version_2_with_negative and n_feat and (cls.min() < 0 or cls.max() >= start_all.shape[1]):
+    if check_cls and n_feat and (cls.min() < 0 or cls.max() >= start_all.shape[1]):
         raise ValueError(f"cls_index out of range for logits of width {start_all.shape[1]}")
-    length = min(offsets.shape[1], start_all.shape[1])
-    trimmer = SpanTrimmer(contexts)
+    return feat_ex, offsets, start_all, end_all, cls
 
-    # -- spans: each feature's best n_best valid pairs ---------------------------------------------
-    sp_feat = sp_start = sp_end = np.zeros(0, dtype=np.int64)
-    sp_score = np.zeros(0, dtype=np.float64)
-    sp_sl = sp_el = np.zeros(0, dtype=start_all.dtype)
-    if length > 0 and n_feat > 0:
-        is_ctx = offsets[:, :length, 0] >= 0
-        # Windows are mostly shorter than the padded length (SQuAD dev: median context end ~170 of
-        # 384), so process them in chunks of similar extent, each cut to its longest context: about
-        # half the top-k work. Chunking also bounds the k x k temporaries on large eval sets.
-        extent = np.where(is_ctx.any(axis=1), length - np.argmax(is_ctx[:, ::-1], axis=1), 0)
-        by_extent = np.argsort(extent, kind="stable")
-        parts = []
-        for lo in range(0, n_feat, _CHUNK):
-            rows = by_extent[lo:lo + _CHUNK]
-            width = int(extent[rows[-1]])
-            if width == 0:
-                continue
-            win = offsets[rows, :width]
-            # A whitespace-only token ("▁", "Ġ", "Ċ") would give an empty or blank answer: not a boundary.
-            ctx = is_ctx[rows, :width] & trimmer.visible(feat_ex[rows, None], win[..., 0], win[..., 1])
-            f, *cols = _span_candidates(start_all[rows, :width], end_all[rows, :width], ctx,
-                                        n_best_size, max_answer_length)
-            parts.append((rows[f], *cols))
-        if parts:
-            sp_feat, sp_start, sp_end, sp_score, sp_sl, sp_el = (
-                np.concatenate(cols) for cols in zip(*parts, strict=True))
 
-    # -- v2 nulls: an example's null answer comes from its least confident feature ---------------------
-    null_score = np.full(n_ex, np.nan)
-    nl_feat = np.zeros(0, dtype=np.int64)
-    if version_2_with_negative and n_feat > 0:
-        feats = np.arange(n_feat)
-        null_feat_score = start_all[feats, cls].astype(np.float64) + end_all[feats, cls].astype(np.float64)
-        by_ex = np.lexsort((null_feat_score, feat_ex))
-        nl_feat = by_ex[_group_starts(feat_ex[by_ex])]
-        null_score[feat_ex[nl_feat]] = null_feat_score[nl_feat]
+@dataclass(frozen=True)
+class _Ranking:
+    order: np.ndarray  # pool rows sorted by (example, -score)
+    example: np.ndarray  # example of each sorted row
+    is_null: np.ndarray  # sorted row is a v2 null
+    keep: np.ndarray  # sorted row is in its example's n-best list
+    group_example: np.ndarray  # the examples that have candidates, ascending
+    has_span: np.ndarray  # per such example: it has a span (not only a null)
+    best_entry: np.ndarray  # pool row of the best span of each example with one
 
-    # -- pool spans and nulls, sort by (example, -score) -------------------------------------------
-    # Nulls come last in the pool so that a span tied with the null score ranks first (as in HF).
-    n_sp = sp_feat.shape[0]
-    p_feat = np.concatenate([sp_feat, nl_feat])
-    p_start = np.concatenate([sp_start, cls[nl_feat]])
-    p_end = np.concatenate([sp_end, cls[nl_feat]])
-    p_score = np.concatenate([sp_score, null_score[feat_ex[nl_feat]]])
-    p_sl = np.concatenate([sp_sl, start_all[nl_feat, cls[nl_feat]]])
-    p_el = np.concatenate([sp_el, end_all[nl_feat, cls[nl_feat]]])
-    order = _group_sort(feat_ex[p_feat], p_score)
-    o_ex = feat_ex[p_feat[order]]
-    o_null = order >= n_sp
+
+def _rank(pool: Candidates, feat_ex: np.ndarray, n_spans: int, n_best_size: int) -> _Ranking:
+    """Sort the pool by (example, -score) and mark each example's n-best and best span."""
+    order = _group_sort(feat_ex[pool.feature], pool.score)
+    example = feat_ex[pool.feature[order]]
+    is_null = order >= n_spans
     n_pool = order.shape[0]
-    g_start = _group_starts(o_ex)
+    g_start = group_starts(example)
     g_size = np.diff(np.r_[g_start, n_pool]).astype(np.int64)
-    g_ex = o_ex[g_start]
     rank = np.arange(n_pool) - np.repeat(g_start, g_size)
     # HF semantics: the top n_best of spans + null; a null that falls off the end is appended after
     # them, which is exactly where the sort already put it.
-    keep = (rank < n_best_size) | o_null
-
+    keep = (rank < n_best_size) | is_null
     # Best span of each group: spans are sorted, and a v2 group holds exactly one null.
-    best = g_start + o_null[g_start] if n_pool else g_start
+    best = g_start + is_null[g_start] if n_pool else g_start
     has_span = best < g_start + g_size
     best_entry = order[np.minimum(best, n_pool - 1)[has_span]] if n_pool else best
+    return _Ranking(order, example, is_null, keep, example[g_start], has_span, best_entry)
 
-    # -- kept entries: logits, char spans, softmax per example ------------------------------------------
-    kept = order[keep]
-    k_ex = o_ex[keep]
-    k_null = o_null[keep]
-    k_feat = p_feat[kept]
-    k_start_logit = p_sl[kept]
-    k_end_logit = p_el[kept]
-    k_cs, k_ce = _char_spans(offsets, k_feat, p_start[kept], p_end[kept], k_null, trimmer, k_ex)
-    k_score = p_score[kept]
-    n_keep = kept.shape[0]
-    kg_start = _group_starts(k_ex)
-    kg_size = np.diff(np.r_[kg_start, n_keep]).astype(np.int64)
-    if n_keep:
-        shifted = np.exp(k_score - np.repeat(np.maximum.reduceat(k_score, kg_start), kg_size))
-        prob = shifted / np.repeat(np.add.reduceat(shifted, kg_start), kg_size)
-    else:
-        prob = np.zeros(0, dtype=np.float64)
-    b_cs, b_ce = _char_spans(offsets, p_feat[best_entry], p_start[best_entry], p_end[best_entry], None, trimmer,
-                             g_ex[has_span])
 
-    odds: np.ndarray | None = None
-    if version_2_with_negative:
-        # inf when there is no span at all: "" then wins under any threshold, as the prediction says.
-        odds = np.full(n_ex, np.inf)
-        span_ex = g_ex[has_span]
-        odds[span_ex] = null_score[span_ex] - p_score[best_entry]
-
-    with _gc_paused():
-        ex_list = k_ex.tolist()
-        k_spans = list(zip(k_cs.tolist(), k_ce.tolist(), strict=True))
-        texts = [contexts[e][a:b] for e, (a, b) in zip(ex_list, k_spans, strict=True)]
-        entries = [
-            {"text": t, "probability": p, "start_logit": s, "end_logit": e}
-            for t, p, s, e in zip(texts, prob.tolist(), k_start_logit.tolist(), k_end_logit.tolist(),
-                                  strict=True)
-        ]
-        nbest_lists: list[list[dict[str, Any]] | None] = [None] * n_ex
-        span_lists: list[list[tuple[int, int]] | None] = [None] * n_ex
-        for e, a, n in zip(k_ex[kg_start].tolist(), kg_start.tolist(), kg_size.tolist(), strict=True):
-            nbest_lists[e] = entries[a:a + n]
-            span_lists[e] = k_spans[a:a + n]
-        best_text = [""] * n_ex
-        best_span = [(0, 0)] * n_ex
-        for e, a, b in zip(g_ex[has_span].tolist(), b_cs.tolist(), b_ce.tolist(), strict=True):
-            best_text[e] = contexts[e][a:b]
-            best_span[e] = (a, b)
-        nbest = {
-            qid: lst if lst is not None else [{"text": "", "probability": 1.0, "start_logit": 0.0,
-                                               "end_logit": 0.0}]
-            for qid, lst in zip(example_ids, nbest_lists, strict=True)
-        }
-        spans = {qid: lst if lst is not None else [(0, 0)] for qid, lst in zip(example_ids, span_lists, strict=True)}
-        if odds is None:
-            return Decoded(predictions=dict(zip(example_ids, best_text, strict=True)), nbest=nbest, spans=spans,
-                           prediction_spans=dict(zip(example_ids, best_span, strict=True)))
+def _assemble(example_ids: Sequence[str], contexts: Sequence[str],
+              nbest_lists: list[list[dict[str, Any]] | None], span_lists: list[list[tuple[int, int]] | None],
+              best_span: list[tuple[int, int]], odds: np.ndarray | None, threshold: float) -> Decoded:
+    """The per-example dicts; an example without candidates gets the empty answer."""
+    nbest = {qid: lst if lst is not None else [{"text": "", "probability": 1.0, "start_logit": 0.0, "end_logit": 0.0}]
+             for qid, lst in zip(example_ids, nbest_lists, strict=True)}
+    spans = {qid: lst if lst is not None else [(0, 0)] for qid, lst in zip(example_ids, span_lists, strict=True)}
+    null_odds: dict[str, float] = {}
+    if odds is not None:  # v2: "" where the null beats the best span by more than the threshold
         odds_list = odds.tolist()
-        null = [o > null_score_diff_threshold for o in odds_list]
-        return Decoded(
-            predictions={qid: "" if n else t for qid, n, t in zip(example_ids, null, best_text, strict=True)},
-            nbest=nbest, null_odds=dict(zip(example_ids, odds_list, strict=True)), spans=spans,
-            prediction_spans={qid: (0, 0) if n else s for qid, n, s in zip(example_ids, null, best_span, strict=True)})
+        null_odds = dict(zip(example_ids, odds_list, strict=True))
+        best_span = [(0, 0) if o > threshold else s for o, s in zip(odds_list, best_span, strict=True)]
+    texts = [context[a:b] for context, (a, b) in zip(contexts, best_span, strict=True)]
+    return Decoded(predictions=dict(zip(example_ids, texts, strict=True)), nbest=nbest, spans=spans,
+                   null_odds=null_odds,
+                   prediction_spans=dict(zip(example_ids, best_span, strict=True)))
 
 
 def _char_spans(offsets: np.ndarray, feat: np.ndarray, start: np.ndarray, end: np.ndarray,
