@@ -4,7 +4,7 @@ This is the only module that imports boto3/botocore. Endpoint, region and creden
 the standard boto3 chain: AWS_* environment variables (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 are
 honoured natively by boto3 >= 1.28), shared config/credentials files, instance/IRSA roles.
 
-Layout and manifest-last semantics are those of every store (qa.checkpoint.store).
+Layout and manifest-last semantics are those of every store (qa.checkpoint.objects).
 
 Integrity (works against both AWS S3 and SeaweedFS, verified against ``weed mini`` 4.x):
   * every PUT / UploadPart carries an ``x-amz-checksum-sha256`` of its body
@@ -20,14 +20,13 @@ Integrity (works against both AWS S3 and SeaweedFS, verified against ``weed mini
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import boto3.exceptions
@@ -35,21 +34,8 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from qa.checkpoint.store import (
-    MANIFEST_NAME,
-    CorruptObjectError,
-    MiB,
-    StorageError,
-    build_manifest,
-    fetch_dir,
-    fetch_files,
-    key_parts,
-    manifest_body,
-    parse_manifest,
-    parse_record,
-    publish_dir,
-    put_files,
-)
+from qa.checkpoint.objects import ObjectStore
+from qa.checkpoint.store import CorruptObjectError, MiB, StorageError, key_parts
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +86,13 @@ def _error_code(exc: BaseException) -> str:
     return ""
 
 
-class S3Store:
-    """Uploads, verifies, lists and downloads directory trees under one ``s3://bucket/prefix``.
+class S3Store(ObjectStore):
+    """Directory trees under one ``s3://bucket/prefix``; keys are relative to the prefix.
 
-    ``key_prefix`` arguments are relative to the store's prefix. Thread-safe (boto3 clients are).
+    Thread-safe (boto3 clients are).
     """
+
+    _backend_errors: ClassVar[tuple[type[BaseException], ...]] = _BOTO_ERRORS
 
     def __init__(
         self,
@@ -167,16 +155,13 @@ class S3Store:
         host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
         return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
 
-    @property
-    def uri(self) -> str:
-        return self.uri_for("")
-
     def uri_for(self, key_prefix: str) -> str:
         """The s3:// URI of ``key_prefix`` (relative to this store's prefix)."""
         return f"s3://{self.bucket}/{self._key(key_prefix)}".rstrip("/")
 
-    def _key(self, *parts: str) -> str:
-        return "/".join(key_parts(self.prefix, *parts))
+    def _key(self, key: str) -> str:
+        """The bucket's key for a key relative to the store."""
+        return "/".join(key_parts(self.prefix, key))
 
     def _sse_args(self) -> dict[str, str]:
         args: dict[str, str] = {}
@@ -200,16 +185,6 @@ class S3Store:
                 if secret:
                     text = text.replace(secret, "***")
         return text
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """Turn boto exceptions into StorageError (so callers never need botocore)."""
-        try:
-            yield
-        except StorageError:
-            raise
-        except _BOTO_ERRORS as e:
-            raise StorageError(self.redact(f"{what} failed: {e}")) from e
 
     # -- start-up validation -----------------------------------------------------------------
 
@@ -266,69 +241,44 @@ class S3Store:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", **self._sse_args())
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    # -- upload ------------------------------------------------------------------------------
+    # -- the primitives of ObjectStore -------------------------------------------------------------
 
-    def upload_dir(
-        self,
-        local_dir: str | os.PathLike[str],
-        key_prefix: str,
-        metadata: Mapping[str, Any] | None = None,
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Upload and verify every file of ``local_dir``, then write the manifest; returns it.
+    def _put_file(self, path: Path, key: str, size: int, sha256: str,
+                  progress: Callable[[int], None] | None) -> None:
+        # ``progress`` is called from transfer threads.
+        self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=self.upload_extra_args(sha256),
+                                Config=self.transfer_config, Callback=progress)
+        self._verify_remote(self._key(key), size, sha256)
 
-        ``progress`` receives byte counts as they are sent (from transfer threads).
-        """
-        return publish_dir(self, local_dir, key_prefix, metadata, progress=progress)
+    def _put_bytes(self, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, ContentType="application/json",
+                               ChecksumAlgorithm="SHA256", **self._sse_args())
 
-    def drop_manifest(self, key_prefix: str) -> None:
-        manifest_key = self._key(key_prefix, MANIFEST_NAME)
-        with self._errors(f"deleting s3://{self.bucket}/{manifest_key}"):
-            self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
-
-    def upload_files(self, local_dir: str | os.PathLike[str], key_prefix: str, rels: Sequence[str], *,
-                     progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
-        def put_file(path: Path, rel: str, size: int, digest: str) -> None:
-            key = self._key(key_prefix, rel)
-            with self._errors(f"upload of {path} to s3://{self.bucket}/{key}"):
-                self.client.upload_file(
-                    str(path), self.bucket, key,
-                    ExtraArgs=self.upload_extra_args(digest), Config=self.transfer_config, Callback=progress,
-                )
-                self._verify_remote(key, size, digest)
-
-        return put_files(Path(local_dir), rels, put_file)
-
-    def write_manifest(self, key_prefix: str, entries: Mapping[str, Mapping[str, Any]],
-                       metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        manifest = build_manifest(entries, metadata)
-        self._put_json(self._key(key_prefix, MANIFEST_NAME), manifest_body(manifest, self.redact))
-        return manifest
-
-    def put_record(self, key: str, record: Mapping[str, Any]) -> None:
-        self._put_json(self._key(key), manifest_body(record, self.redact))
-
-    def _put_json(self, key: str, body: bytes) -> None:
-        with self._errors(f"upload of s3://{self.bucket}/{key}"):
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
-                                   ChecksumAlgorithm="SHA256", **self._sse_args())
-
-    def read_record(self, key: str) -> dict[str, Any] | None:
-        where = f"s3://{self.bucket}/{self._key(key)}"
-        body = self._get_bytes(self._key(key), where)
-        return None if body is None else parse_record(body, where)
-
-    def _get_bytes(self, key: str, where: str) -> bytes | None:
-        """The object's bytes; None if there is no such object."""
+    def _get_bytes(self, key: str) -> bytes | None:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except botocore.exceptions.ClientError as e:
             if _error_code(e) in ("NoSuchKey", "404"):
                 return None
-            raise StorageError(self.redact(f"reading {where} failed: {e}")) from e
-        except _BOTO_ERRORS as e:
-            raise StorageError(self.redact(f"reading {where} failed: {e}")) from e
+            raise
+
+    def _get_file(self, key: str, target: Path) -> None:
+        self.client.download_file(self.bucket, self._key(key), str(target), Config=self.transfer_config)
+
+    def _list(self, key_prefix: str) -> list[str]:
+        base = self._key(key_prefix)
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                        Prefix=f"{base}/" if base else "")
+        return [obj["Key"][strip:] for page in pages for obj in page.get("Contents", [])]
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        if len(keys) == 1:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(keys[0]))
+            return
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def _verify_remote(self, key: str, size: int, sha256_hex: str) -> None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
@@ -345,79 +295,3 @@ class S3Store:
                 f"s3://{self.bucket}/{key} does not match after upload: expected size {size} sha256 "
                 f"{sha256_hex}, got size {remote_size} sha256 {remote_sha}"
             )
-
-    # -- read side ---------------------------------------------------------------------------
-
-    def read_manifest(self, key_prefix: str) -> dict[str, Any]:
-        """The manifest of a complete upload; StorageError if there is none."""
-        key = self._key(key_prefix, MANIFEST_NAME)
-        body = self._get_bytes(key, f"s3://{self.bucket}/{key}")
-        if body is None:
-            raise StorageError(f"no complete upload at {self.uri_for(key_prefix)} (no {MANIFEST_NAME})")
-        return parse_manifest(body, f"s3://{self.bucket}/{key}")
-
-    def list_complete(self, key_prefix: str = "") -> list[str]:
-        """Sorted names of the direct sub-prefixes of ``key_prefix`` that have a manifest."""
-        base = self._key(key_prefix)
-        base = f"{base}/" if base else ""
-        names = []
-        with self._errors(f"listing s3://{self.bucket}/{base}"):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
-                for obj in page.get("Contents", []):
-                    name, _, rest = obj["Key"][len(base) :].partition("/")
-                    if name and rest == MANIFEST_NAME:
-                        names.append(name)
-        return sorted(names)
-
-    def list_keys(self, key_prefix: str = "") -> list[str]:
-        """Sorted keys of every object under ``key_prefix``, relative to the store's prefix."""
-        base = self._key(key_prefix)
-        base = f"{base}/" if base else ""
-        strip = len(f"{self.prefix}/") if self.prefix else 0
-        with self._errors(f"listing s3://{self.bucket}/{base}"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
-            return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
-
-    def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
-        """Download a complete upload into ``local_dir`` (must not exist or be empty), verified."""
-        manifest = self.read_manifest(key_prefix)
-
-        def get_file(rel: str, target: Path) -> None:
-            key = self._key(key_prefix, rel)
-            with self._errors(f"download of s3://{self.bucket}/{key}"):
-                self.client.download_file(self.bucket, key, str(target), Config=self.transfer_config)
-
-        return fetch_dir(manifest, local_dir, label=self.uri_for(key_prefix), get_file=get_file,
-                         where=lambda rel: f"s3://{self.bucket}/{self._key(key_prefix, rel)}")
-
-    def download_files(self, key_prefix: str, local_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
-                       rels: Sequence[str]) -> None:
-        def get_file(rel: str, target: Path) -> None:
-            key = self._key(key_prefix, rel)
-            with self._errors(f"download of s3://{self.bucket}/{key}"):
-                self.client.download_file(self.bucket, key, str(target), Config=self.transfer_config)
-
-        fetch_files(manifest, rels, local_dir, get_file=get_file,
-                    where=lambda rel: f"s3://{self.bucket}/{self._key(key_prefix, rel)}")
-
-    def delete_prefix(self, key_prefix: str) -> int:
-        """Delete every object under ``key_prefix`` (e.g. an old checkpoint); returns how many."""
-        if not key_parts(key_prefix):
-            raise ValueError("refusing to delete the whole store: give a non-empty key prefix")
-        base = self._key(key_prefix)
-        manifest_key = f"{base}/{MANIFEST_NAME}"
-        with self._errors(f"deleting s3://{self.bucket}/{base}/"):
-            keys = [
-                obj["Key"]
-                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{base}/")
-                for obj in page.get("Contents", [])
-            ]
-            if manifest_key in keys:
-                # Manifest first: from that instant readers no longer see the upload as complete.
-                self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
-            rest = [k for k in keys if k != manifest_key]
-            for i in range(0, len(rest), 1000):  # DeleteObjects takes at most 1000 keys
-                batch = [{"Key": k} for k in rest[i : i + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-        return len(keys)
-

@@ -11,26 +11,20 @@ An upload assembled by several writers (each node its ranks' part, qa.checkpoint
 ``write_manifest`` by one writer once all parts are in; ``download_files`` fetches part of an upload.
 
 Backends: ``s3://bucket/prefix`` (qa.checkpoint.s3, the only boto3 importer) and ``file:///abs/path`` or an
-absolute path (qa.checkpoint.local: a local or mounted filesystem such as NFS)."""
+absolute path (qa.checkpoint.local: a local or mounted filesystem such as NFS). Both are ``ObjectStore``
+subclasses (qa.checkpoint.objects), which implements this protocol once over a few primitives per backend."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
-import shutil
-import tempfile
-import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
-
-logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -132,6 +126,31 @@ class Store(Protocol):
         ...
 
 
+STORE_SCHEMES = ("s3://", "file://")
+
+
+def is_store_uri(spec: str) -> bool:
+    """Whether ``spec`` names a location in a store rather than a local path (which it may still be, for
+    ``open_store``: an absolute path is a filesystem store too)."""
+    return spec.startswith(STORE_SCHEMES)
+
+
+def check_location(uri: str) -> None:
+    """ValueError with a one-line message unless ``uri`` is ``s3://bucket[/prefix]`` or ``file:///absolute/path``.
+
+    Cheap and without boto3, for configuration checks: the backend validates the rest (S3 bucket naming
+    rules, reachability) when the store is opened."""
+    expected = f"expected s3://bucket/prefix or file:///absolute/path, got {uri!r}"
+    if uri.startswith("s3://"):
+        if not uri[len("s3://"):].partition("/")[0]:
+            raise ValueError(f"no bucket name: {expected}")
+        return
+    if not uri.startswith("file:///"):
+        raise ValueError(f"not a store location: {expected}")
+    if local_path(uri) == Path("/"):
+        raise ValueError(f"the filesystem root is not a store location: {expected}")
+
+
 def open_store(uri: str, **s3_options: Any) -> Store:
     """The backend for ``uri``: ``s3://bucket/prefix`` or ``file:///abs/path`` / an absolute path.
 
@@ -229,12 +248,23 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
     return manifest
 
 
-def parse_manifest(body: bytes, where: str) -> dict[str, Any]:
+def _load_json(body: bytes) -> Any:
+    # None for bytes that are not JSON: the caller's check of the value then names what was expected.
     try:
-        manifest = json.loads(body)
+        return json.loads(body)
     except ValueError:
-        manifest = None
-    return validate_manifest(manifest, where)
+        return None
+
+
+def parse_manifest(body: bytes, where: str) -> dict[str, Any]:
+    return validate_manifest(_load_json(body), where)
+
+
+def parse_record(body: bytes, where: str) -> dict[str, Any]:
+    record = _load_json(body)
+    if not isinstance(record, dict):
+        raise CorruptObjectError(f"{where} is not a JSON object")
+    return record
 
 
 def verify_file(path: Path, entry: Mapping[str, Any], where: str) -> None:
@@ -243,102 +273,3 @@ def verify_file(path: Path, entry: Mapping[str, Any], where: str) -> None:
     if size != entry["size"] or digest != entry["sha256"]:
         raise CorruptObjectError(f"{where} is corrupt: expected size {entry['size']} sha256 {entry['sha256']}, "
                                  f"got size {size} sha256 {digest}")
-
-
-def publish_dir(store: Store, local_dir: str | os.PathLike[str], key_prefix: str,
-                metadata: Mapping[str, Any] | None, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """The upload protocol, for any backend: drop an old manifest, write and verify each file, then write the
-    manifest. Returns the manifest."""
-    t0 = time.monotonic()
-    root = Path(local_dir)
-    if not root.is_dir():
-        raise StorageError(f"not a directory: {root}")
-    # Readers must not see an old manifest describing objects that are being replaced.
-    store.drop_manifest(key_prefix)
-    entries = store.upload_files(root, key_prefix, [rel for rel, _ in files_to_upload(root)], progress=progress)
-    manifest = store.write_manifest(key_prefix, entries, metadata)
-    total = sum(e["size"] for e in entries.values())
-    logger.info("uploaded %d files (%.1f MiB) to %s in %.1fs", len(entries), total / MiB, store.uri_for(key_prefix),
-                time.monotonic() - t0)
-    return manifest
-
-
-def put_files(root: Path, rels: Sequence[str], put_file: Callable[[Path, str, int, str], None]) -> dict[str, Any]:
-    """Hash each file and have ``put_file(path, rel, size, sha256)`` write and verify it; returns the entries."""
-    entries: dict[str, dict[str, Any]] = {}
-    for rel in rels:
-        path = root.joinpath(*key_parts(rel))
-        size, digest = hash_file(path)
-        put_file(path, rel, size, digest)
-        entries[rel] = {"size": size, "sha256": digest}
-    return entries
-
-
-def parse_record(body: bytes, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(body)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        raise CorruptObjectError(f"{where} is not a JSON object")
-    return record
-
-
-def fetch_files(manifest: Mapping[str, Any], rels: Sequence[str], local_dir: str | os.PathLike[str], *,
-                get_file: Callable[[str, Path], None], where: Callable[[str], str]) -> None:
-    """The partial download protocol: ``get_file(rel, target)`` fetches each file to a temporary sibling, which
-    is verified against the manifest and only then renamed over ``local_dir/rel``. Unlike :func:`fetch_dir` the
-    directory is shared (the nodes of a shared filesystem each fill in their ranks' files), so it is the
-    caller's marker, not the directory, that says when the whole is there."""
-    dest = Path(local_dir)
-    for rel in rels:
-        info = manifest["files"].get(rel)
-        if info is None:
-            raise StorageError(f"{where(rel)} is not in the manifest")
-        target = dest.joinpath(*rel.split("/"))  # the manifest was validated: no unsafe paths
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-        try:
-            get_file(rel, tmp)
-            verify_file(tmp, info, where(rel))
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def fetch_dir(
-    manifest: Mapping[str, Any],
-    local_dir: str | os.PathLike[str],
-    *,
-    label: str,
-    get_file: Callable[[str, Path], None],
-    where: Callable[[str], str],
-) -> dict[str, Any]:
-    """The download protocol, for any backend: ``get_file(rel, target)`` fetches each manifest entry, which is
-    verified against it (``where(rel)`` names the object in errors).
-
-    Files land in a temporary sibling directory renamed into place only when every file matched, so
-    ``local_dir`` ends up either complete (with the manifest beside the files) or absent."""
-    t0 = time.monotonic()
-    dest = Path(local_dir)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise StorageError(f"download target {dest} already exists and is not an empty directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the checkpoint should look like any other dir
-    try:
-        for rel, info in manifest["files"].items():
-            target = tmp.joinpath(*rel.split("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            get_file(rel, target)
-            verify_file(target, info, where(rel))
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("downloaded and verified %d files from %s to %s in %.1fs", len(manifest["files"]), label, dest,
-                time.monotonic() - t0)
-    return dict(manifest)

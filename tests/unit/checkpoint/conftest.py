@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from qa.checkpoint.local import LocalStore
-from qa.checkpoint.store import Store
+from qa.checkpoint.objects import ObjectStore
+from qa.checkpoint.store import StorageError, Store, key_parts
 
 
 @dataclass
@@ -22,6 +24,50 @@ class Backend:
     store: Store
     write_raw: Callable[[str, bytes], None]
     delete_raw: Callable[[str], None]
+
+
+class MemoryStore(ObjectStore):
+    """A dict as a backend: the primitives and nothing else, which is all a new backend (e.g. GCS) writes."""
+
+    _backend_errors = (KeyError,)
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def uri_for(self, key_prefix: str) -> str:
+        return f"memory:///{'/'.join(key_parts(key_prefix))}"
+
+    def check(self) -> None:
+        pass
+
+    def _put_file(self, path: Path, key: str, size: int, sha256: str, progress: Callable[[int], None] | None) -> None:
+        body = path.read_bytes()
+        if progress is not None:
+            progress(len(body))
+        if (len(body), hashlib.sha256(body).hexdigest()) != (size, sha256):
+            raise StorageError(f"{path} changed while it was uploaded")
+        self.objects[key] = body
+
+    def _put_bytes(self, key: str, body: bytes) -> None:
+        self.objects[key] = body
+
+    def _get_bytes(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
+    def _get_file(self, key: str, target: Path) -> None:
+        target.write_bytes(self.objects[key])
+
+    def _list(self, key_prefix: str) -> list[str]:
+        return [k for k in list(self.objects) if not key_prefix or k.startswith(f"{key_prefix}/")]
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
+
+
+def _memory_backend() -> Backend:
+    store = MemoryStore()
+    return Backend("memory", store, store.objects.__setitem__, store.objects.__delitem__)
 
 
 def _local_backend(root: Path) -> Backend:
@@ -48,9 +94,11 @@ def _s3_backend(request: pytest.FixtureRequest) -> Backend:
     return Backend("s3", store, write_raw, lambda key: store.client.delete_object(Bucket=bucket, Key=f"exp/{key}"))
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=["memory", "local", pytest.param("s3", marks=pytest.mark.s3)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """The Store contract runs against each backend: a directory, and a real SeaweedFS bucket."""
+    """The Store contract runs against each backend: a dict, a directory, and a real SeaweedFS bucket."""
+    if request.param == "memory":
+        return _memory_backend()
     if request.param == "local":
         return _local_backend(tmp_path / "store")
     return _s3_backend(request)

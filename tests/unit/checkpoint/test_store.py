@@ -15,7 +15,16 @@ import pytest
 
 from qa.checkpoint.local import LocalStore
 from qa.checkpoint.s3 import S3Store
-from qa.checkpoint.store import MANIFEST_NAME, CorruptObjectError, StorageError, UploadError, open_store
+from qa.checkpoint.store import (
+    MANIFEST_NAME,
+    STORE_SCHEMES,
+    CorruptObjectError,
+    StorageError,
+    UploadError,
+    check_location,
+    is_store_uri,
+    open_store,
+)
 from qa.checkpoint.uploader import BackgroundUploader
 
 RUN = "run-1/checkpoints"
@@ -205,6 +214,9 @@ def test_keys_never_leave_the_store(backend: Any, tree: Tree, tmp_path: Path) ->
         with pytest.raises(ValueError):
             store.delete_prefix(bad)
     assert not (tmp_path / "outside").exists()
+    with pytest.raises(ValueError, match="non-empty key prefix"):  # the root holds uploads, it is not one
+        store.upload_dir(tree(tmp_path / "root"), "/")
+    assert store.list_keys() == []
 
 
 @pytest.mark.s3
@@ -251,6 +263,19 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
             open_store(bad)
     with pytest.raises(ValueError, match="sse"):
         open_store(str(tmp_path), sse="AES256")
+
+
+def test_store_locations_are_told_apart_cheaply() -> None:
+    assert STORE_SCHEMES == ("s3://", "file://")
+    assert is_store_uri("s3://bucket/runs/step_1") and is_store_uri("file:///mnt/nfs/step_1")
+    assert not is_store_uri("/mnt/nfs/step_1") and not is_store_uri("outputs/step_1") and not is_store_uri("auto")
+    for good in ("s3://bucket", "s3://bucket/runs/", "s3://b/p", "file:///mnt/nfs/ckpts", "file:///with%20space"):
+        check_location(good)
+    for bad in ("s3://", "s3:///runs", "file:///", "file://relative/x", "file://host/x", "file:relative",
+                "file:///mnt?x=1", "/mnt/nfs/ckpts", "gs://bucket/x", "S3://bucket/x", ""):
+        with pytest.raises(ValueError) as err:
+            check_location(bad)
+        assert "\n" not in str(err.value) and repr(bad) in str(err.value)
 
 
 def test_uploader_runs_then_after_a_successful_upload_only(tmp_path: Path, tree: Tree,
