@@ -35,10 +35,10 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.shared_inputs import squad_dev_and_tokenizer  # noqa: E402
 from qa.eval import squad_metrics as qa_metrics  # noqa: E402
 from qa.eval.decode import decode, pack_offsets  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
 EXPECTED_FEATURES = 10_822
 MAX_LEN, STRIDE = 384, 128
 
@@ -128,13 +128,11 @@ def main() -> int:
     ap.add_argument("--max_answer_length", type=int, default=30)
     args = ap.parse_args()
 
-    dev = Path(os.environ.get("SQUAD_DEV", SHARED / "squad-v1.1" / "dev-v1.1.json"))
-    tok_dir = Path(os.environ.get("QA_TOKENIZER", SHARED / "tokenizers" / "bert-base-cased"))
+    inputs = squad_dev_and_tokenizer()
+    if inputs is None:
+        return 0
+    dev, tok_dir = inputs
     default_inputs = dev.name == "dev-v1.1.json" and tok_dir.name == "bert-base-cased"
-    for what, path in (("SQuAD v1.1 dev set", dev), ("tokenizer", tok_dir)):
-        if not path.exists():
-            print(f"skipped: {what} not found at {path} (set SQUAD_DEV / QA_TOKENIZER)")
-            return 0
 
     from transformers import AutoTokenizer
 

@@ -36,9 +36,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.shared_inputs import squad_dev_and_tokenizer  # noqa: E402
 from qa.predict import QuestionAnswerer  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
 
 
 def load_dev(path: Path, limit: int) -> tuple[list[str], list[str], list[str]]:
@@ -92,12 +91,10 @@ def main() -> int:
     ap.add_argument("--doc_stride", type=int, default=128)
     args = ap.parse_args()
 
-    dev = Path(os.environ.get("SQUAD_DEV", SHARED / "squad-v1.1" / "dev-v1.1.json"))
-    tok_dir = Path(os.environ.get("QA_TOKENIZER", SHARED / "tokenizers" / "bert-base-cased"))
-    for what, path in (("SQuAD v1.1 dev set", dev), ("tokenizer", tok_dir)):
-        if not path.exists():
-            print(f"skipped: {what} not found at {path} (set SQUAD_DEV / QA_TOKENIZER)")
-            return 0
+    inputs = squad_dev_and_tokenizer()
+    if inputs is None:
+        return 0
+    dev, tok_dir = inputs
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))

@@ -20,7 +20,7 @@ from qa.checkpoint.reshard import check_global_batch
 from qa.checkpoint.rotation import newest_first
 from qa.checkpoint.settings import CheckpointSettings
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints
-from qa.checkpoint.store import StorageError, Store, open_store
+from qa.checkpoint.store import StorageError, Store, is_store_uri, open_store
 from qa.data.settings import BATCH_SPLIT_KEYS
 from qa.errors import ConfigError
 from qa.files import atomic_write_text
@@ -118,7 +118,7 @@ class ResumeFinder:
                 logger.info("resume_from_checkpoint=auto: nothing local or in the store; starting fresh")
                 return None
             return "store", None, names
-        if spec.startswith(("s3://", "file://")):
+        if is_store_uri(spec):
             location, _, name = spec.rstrip("/").rpartition("/")
             try:
                 open_store(location)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qa.checkpoint.store import check_location, is_store_uri
 from qa.config.schema import TrainConfig
 from qa.errors import ConfigError
 
@@ -70,10 +71,11 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     if cfg.dataset_name == "squad_v2" and not cfg.version_2_with_negative:
         raise ConfigError("version_2_with_negative: dataset_name is squad_v2, so set version_2_with_negative: true")
     if cfg.s3_uri is not None:
-        is_s3, is_file = cfg.s3_uri.startswith("s3://"), cfg.s3_uri.startswith("file:///")
-        need(is_s3 and len(cfg.s3_uri) > 5 or is_file and len(cfg.s3_uri) > 8, "s3_uri",
-             f"must look like s3://bucket/prefix or file:///absolute/path, got {cfg.s3_uri!r}")
-        need(is_s3 or cfg.s3_sse is None, "s3_sse", "only applies to an s3:// s3_uri")
+        try:
+            check_location(cfg.s3_uri)
+        except ValueError as e:
+            raise ConfigError(f"s3_uri: {e}") from e
+        need(cfg.s3_uri.startswith("s3://") or cfg.s3_sse is None, "s3_sse", "only applies to an s3:// s3_uri")
     if cfg.s3_sse_kms_key_id is not None:
         need(cfg.s3_sse == "aws:kms", "s3_sse_kms_key_id", "only applies with s3_sse: aws:kms")
     r = cfg.resume_from_checkpoint
@@ -88,5 +90,5 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
                 continue
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{key}: file not found: {path}")
-        if r is not None and r != "auto" and not r.startswith(("s3://", "file://")) and not Path(r).is_dir():
+        if r is not None and r != "auto" and not is_store_uri(r) and not Path(r).is_dir():
             raise ConfigError(f"resume_from_checkpoint: directory not found: {r}")
