@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedTokenizerBase
 
 from qa.errors import ConfigError
 from qa.model.settings import ModelSettings
@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 
-def load_tokenizer(settings: ModelSettings) -> Any:
+def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(settings.tokenizer_source, use_fast=True)
     if getattr(tok, "padding_side", "right") != "right":
         # Labels and offsets index the unpadded window; left padding would shift every one of them.

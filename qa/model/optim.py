@@ -51,7 +51,7 @@ def warmup_steps(settings: OptimizerSettings, total_steps: int) -> int:
     return settings.num_warmup_steps
 
 
-def build_scheduler(settings: OptimizerSettings, optimizer: Any, num_training_steps: int,
+def build_scheduler(settings: OptimizerSettings, optimizer: torch.optim.Optimizer, num_training_steps: int,
                     ds_config: dict[str, Any] | None) -> Any:
     warmup = warmup_steps(settings, num_training_steps)
     if ds_config is not None and "scheduler" in ds_config:

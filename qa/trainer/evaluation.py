@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,12 +18,16 @@ from qa.eval.settings import EvalSettings
 from qa.eval.squad_metrics import normalize_answer
 from qa.trainer.parts import EvalSet, Model, Session
 
+if TYPE_CHECKING:
+    import datasets
+    from accelerate import Accelerator
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def gather_then_on_rank_zero(accelerator: Any, model: Model, features: Any, settings: EvalSettings,
-                             on_rank0: Callable[[GatheredLogits], T]) -> T:
+def gather_then_on_rank_zero(accelerator: Accelerator, model: Model, features: datasets.Dataset,
+                             settings: EvalSettings, on_rank0: Callable[[GatheredLogits], T]) -> T:
     """Collective: every rank calls it. Forward every window on its rank, gather the logits to rank 0, run
     ``on_rank0`` there (decode, score, write) and return its result on every rank.
 

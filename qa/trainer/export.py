@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
-def export_model(accelerator: Any, module: torch.nn.Module, tokenizer: Any, dest: str | Path) -> None:
+
+def export_model(accelerator: Accelerator, module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 dest: str | Path) -> None:
     """Collective: every rank calls it. save_pretrained from a full state dict (gathered under ZeRO-3) + tokenizer."""
     acc = accelerator
     state_dict = acc.get_state_dict(module)  # collective under ZeRO-3

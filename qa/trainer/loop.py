@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from qa.trainer.parts import Data, Model, Session, StepPlan
 from qa.trainer.perf import gpu_peak_tflops, model_shape, peak_memory_gb, train_flops
 from qa.trainer.preemption import write_marker
 from qa.trainer.settings import LoopSettings
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +168,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         export = None
         if self.settings.export_every_checkpoint:
-            def export(dest: Any) -> None:
+            def export(dest: Path) -> None:
                 export_model(self.session.accelerator, self.model.module, self.data.tokenizer, dest)
         ckpt = self.session.checkpointer
         path = ckpt.save(self.session.state, export=export)
@@ -195,7 +199,8 @@ class Trainer:
         session.accelerator.wait_for_everyone()
         return INTERRUPTED if interrupted else PREEMPTED
 
-    def _log_train(self, meter: _Meter, grad_norm: Any, shape: tuple[int, int, int], peak: float | None) -> None:
+    def _log_train(self, meter: _Meter, grad_norm: torch.Tensor | float | None, shape: tuple[int, int, int],
+                   peak: float | None) -> None:
         acc, st = self.session.accelerator, self.session.state
         dt = max(time.perf_counter() - meter.t0, 1e-9)
         local = meter.sums if isinstance(meter.sums, torch.Tensor) else torch.zeros(5, dtype=torch.float64,
@@ -229,7 +234,7 @@ class Trainer:
         meter.reset()
 
 
-def loss_scale(model: Model, accelerator: Any, precision: str) -> float | None:
+def loss_scale(model: Model, accelerator: Accelerator, precision: str) -> float | None:
     """The fp16 dynamic loss scale, from DeepSpeed's optimizer or Accelerate's GradScaler."""
     if precision != "fp16":
         return None

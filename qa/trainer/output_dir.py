@@ -24,12 +24,15 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qa.checkpoint.state import STATE_FILE, TrainState
 from qa.config import TrainConfig
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -208,13 +211,13 @@ def abandon(output_dir: str | os.PathLike) -> None:
         pass
 
 
-def claim_output_dir(cfg: TrainConfig, accelerator: Any) -> None:
+def claim_output_dir(cfg: TrainConfig, accelerator: Accelerator) -> None:
     """Collective: refuse another run's or a live run's directory, else lock it (rank 0) for this run."""
     moved = on_rank_zero(accelerator, lambda: claim(cfg))
     if moved is not None and accelerator.is_main_process:
         logger.warning("overwrite_output_dir: the earlier run in %s was moved to %s", cfg.output_dir, moved)
 
 
-def check_resume_target(cfg: TrainConfig, resume_path: Path | None, accelerator: Any) -> None:
+def check_resume_target(cfg: TrainConfig, resume_path: Path | None, accelerator: Accelerator) -> None:
     """Collective: refuse a resume checkpoint past max_train_steps (read on rank 0)."""
     on_rank_zero(accelerator, lambda: check_resume_step(cfg, resume_path))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import datasets
     import torch
     from accelerate import Accelerator
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.scheduler import AcceleratedScheduler
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
     from qa.checkpoint.manager import Checkpointer
@@ -68,8 +71,9 @@ class Model:
     collator: DataCollatorWithPadding
     eval_input_names: list[str]
     train_input_names: list[str] = field(default_factory=list)
-    optimizer: Any = None  # torch or DeepSpeed optimizer, as Accelerate prepared it
-    scheduler: Any = None
-    train_loader: Any = None  # Accelerate's DataLoaderShard
+    # As Accelerate prepared them (under DeepSpeed its DeepSpeedOptimizerWrapper / DeepSpeedSchedulerWrapper).
+    optimizer: AcceleratedOptimizer | None = None
+    scheduler: AcceleratedScheduler | None = None
+    train_loader: DataLoaderShard | DataLoaderDispatcher | None = None
     sampler: StepBatchSampler | None = None
     plan: StepPlan | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from qa.trainer.evaluation import gather_then_on_rank_zero
 from qa.trainer.parts import Model, Session
 
 if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
     from qa.data.settings import DataSettings
 
 logger = logging.getLogger(__name__)
@@ -29,13 +32,13 @@ PREFIX = "test"
 
 @dataclass(frozen=True)
 class PredictData:
-    features: Any  # datasets.Dataset of windows, as evaluation's
+    features: datasets.Dataset  # windows, as evaluation's
     examples: EvalExamples
     arrays: EvalFeatures | None  # rank 0 only: it alone decodes
     labeled: bool  # every example has answers: score the predictions
 
 
-def prepare_data(data: DataSettings, session: Session, tokenizer: Any) -> PredictData:
+def prepare_data(data: DataSettings, session: Session, tokenizer: PreTrainedTokenizerBase) -> PredictData:
     """Test examples (answers optional) -> windows; built by the main process first, cached, like eval's.
 
     Collective: every rank calls it.

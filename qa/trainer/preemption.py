@@ -16,11 +16,14 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qa.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class PreemptionHandler:
         self.received_at = time.monotonic()
         # Only async-signal-safe work here: the loop logs and checkpoints.
 
-    def should_stop(self, accelerator: Any) -> bool:
+    def should_stop(self, accelerator: Accelerator) -> bool:
         """True on every rank if any rank was signalled (collective: call at the same point on all ranks)."""
         got = self.signal_received
         flag = torch.tensor([1.0 if got in PREEMPT_SIGNALS else 0.0, 1.0 if got in INTERRUPT_SIGNALS else 0.0],

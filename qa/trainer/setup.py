@@ -12,14 +12,14 @@ import inspect
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.settings import StorageSettings
@@ -40,6 +40,10 @@ from qa.trainer.export import export_model
 from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
+
+if TYPE_CHECKING:
+    from qa.checkpoint.store import Store
+    from qa.checkpoint.uploader import BackgroundUploader
 
 logger = logging.getLogger("qa")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -117,7 +121,8 @@ def check_data(data: DataSettings) -> None:
                                      require_answers=split != "test")
 
 
-def _storage(settings: StorageSettings, accelerator: Accelerator) -> tuple[Any, Any]:
+def _storage(settings: StorageSettings,
+             accelerator: Accelerator) -> tuple[Store | None, BackgroundUploader | None]:
     """The store, checked at start-up by rank 0 and then by every other node (bad credentials or a missing bucket
     fail before training), and this node's uploader."""
     if settings.uri is None:
@@ -181,7 +186,7 @@ def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> 
     return Data(tokenizer=tokenizer, train=train, eval=eval_set)
 
 
-def _eval_set(data: DataSettings, tokenizer: Any, *, is_main: bool) -> EvalSet:
+def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, *, is_main: bool) -> EvalSet:
     eval_ex = qa_formats.load_examples(
         dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
         data_file=data.validation_file, split="validation", max_samples=data.max_eval_samples,
