@@ -130,7 +130,7 @@ class LocalS3Server:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
-        self.access_key, self.secret_key = access_key, secret_key  # the server's one identity
+        self.access_key, self.secret_key = access_key, secret_key
         self.region = region
         self.startup_timeout_s = startup_timeout_s
         self._requested_s3_port = s3_port

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, ClassVar
 
 from qa.checkpoint.objects import ObjectStore
-from qa.checkpoint.store import MiB, StorageError, key_parts
+from qa.checkpoint.store import MANIFEST_NAME, MiB, StorageError, key_parts
 from qa.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ def _chunks(path: Path, progress: Callable[[int], None] | None) -> Iterator[byte
             yield chunk
             if progress is not None:
                 progress(len(chunk))
+
+
+def _raise_unless_gone(error: OSError) -> None:
+    # os.walk ignores every error unless told otherwise: a listing cut short by EIO, ESTALE or a permission
+    # would look like an empty store, and resume would start fresh over checkpoints it could not read.
+    if not isinstance(error, (FileNotFoundError, NotADirectoryError)):
+        raise error
 
 
 class LocalStore(ObjectStore):
@@ -131,10 +138,21 @@ class LocalStore(ObjectStore):
     def _get_file(self, key: str, target: Path) -> None:
         shutil.copyfile(self._path(key), target)
 
+    def list_complete(self, key_prefix: str = "") -> list[str]:
+        # One directory read and a stat per upload, instead of the base class's walk over every file of every
+        # checkpoint (on NFS a round trip per directory).
+        base = self._path(key_prefix)
+        with self._errors(f"listing {self.uri_for(key_prefix)}"):
+            try:
+                entries = list(base.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            return sorted(p.name for p in entries if (p / MANIFEST_NAME).is_file())
+
     def _list(self, key_prefix: str) -> list[str]:
         keys = []
         # os.walk, not rglob: a directory that another writer removes meanwhile is skipped, not an error.
-        for folder, _, files in os.walk(self._path(key_prefix)):
+        for folder, _, files in os.walk(self._path(key_prefix), onerror=_raise_unless_gone):
             rel = Path(folder).relative_to(self.root)
             keys.extend((rel / name).as_posix() for name in files)
         return keys

@@ -17,7 +17,8 @@ To add a backend (e.g. GCS): subclass ObjectStore, set ``_backend_errors`` to th
   * ``_delete(keys)``: delete these objects (an absent one is no error);
   * ``redact(text)`` if it holds a secret, and ``_drop_empty(key)`` if deleting objects can leave something
     behind (a filesystem's directories);
-then add one branch to ``qa.checkpoint.store.open_store``."""
+then, in qa.checkpoint.store, add its scheme to ``STORE_SCHEMES``, ``check_location`` (what the config accepts)
+and ``open_store``. Nothing outside qa/checkpoint/ names a scheme."""
 
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ class ObjectStore(ABC):
         names = []
         for key in self.list_keys(base):
             name, _, rest = key[start:].partition("/")
-            if rest == MANIFEST_NAME:
+            if name and rest == MANIFEST_NAME:
                 names.append(name)
         return sorted(names)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from qa.checkpoint.objects import ObjectStore
-from qa.checkpoint.store import CorruptObjectError, MiB, StorageError, key_parts
+from qa.checkpoint.store import CorruptObjectError, MiB, StorageError, key_parts, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +47,6 @@ _CREDENTIAL_ERRORS = {
     "TokenRefreshRequired",
     "InvalidClientTokenId",
 }
-# S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
 # Test hook, MiB: files larger than this go up as multipart uploads (parts of at least 5 MiB, boto3's floor). The
 # storage fault tests (tests/e2e/test_storage_faults.py) kill the server in the middle of a multipart upload of a
@@ -63,21 +60,6 @@ def _default_multipart_threshold() -> int:
     return max(1, int(float(value) * MiB)) if value else 64 * MiB
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix may be "")."""
-    if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise ValueError(f"not an S3 URI (expected s3://bucket/prefix): {uri!r}")
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"S3 URI has no bucket name: {uri!r}")
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise ValueError(
-            f"invalid S3 bucket name {bucket!r} in {uri!r}: use 3-63 lowercase letters, digits, '.' or '-'"
-        )
-    prefix = prefix.strip("/")
-    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-        raise ValueError(f"S3 prefix must not contain empty, '.' or '..' segments: {uri!r}")
-    return bucket, prefix
 
 
 def _error_code(exc: BaseException) -> str:
@@ -273,12 +255,21 @@ class S3Store(ObjectStore):
         return [obj["Key"][strip:] for page in pages for obj in page.get("Contents", [])]
 
     def _delete(self, keys: Sequence[str]) -> None:
-        if len(keys) == 1:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(keys[0]))
+        # Keys exactly as listed, not re-normalised by _key: an object named "step_1/" (a folder marker some
+        # tools write) or "a//b" must go by its own name, or it would outlive its checkpoint.
+        names = [f"{self.prefix}/{k}" if self.prefix else k for k in keys]
+        if len(names) == 1:
+            self.client.delete_object(Bucket=self.bucket, Key=names[0])
             return
-        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-            batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        for i in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": k} for k in names[i : i + 1000]]
+            result = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            # DeleteObjects answers 200 even when some keys failed (AccessDenied...); they are listed here.
+            if errors := result.get("Errors"):
+                first = errors[0]
+                raise StorageError(f"{len(errors)} of {len(batch)} objects were not deleted, e.g. "
+                                   f"s3://{self.bucket}/{first.get('Key')}: {first.get('Code')} "
+                                   f"{first.get('Message', '')}".rstrip())
 
     def _verify_remote(self, key: str, size: int, sha256_hex: str) -> None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")

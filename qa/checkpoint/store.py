@@ -30,6 +30,8 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 MiB = 1024 * 1024
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class StorageError(RuntimeError):
@@ -136,19 +138,36 @@ def is_store_uri(spec: str) -> bool:
 
 
 def check_location(uri: str) -> None:
-    """ValueError with a one-line message unless ``uri`` is ``s3://bucket[/prefix]`` or ``file:///absolute/path``.
+    """ValueError with a one-line message unless ``uri`` is a valid ``s3://bucket[/prefix]`` (S3's bucket naming
+    rules, no '.', '..' or empty prefix segments) or ``file:///absolute/path``.
 
-    Cheap and without boto3, for configuration checks: the backend validates the rest (S3 bucket naming
-    rules, reachability) when the store is opened."""
+    Without boto3, for configuration checks: what it accepts, ``open_store`` accepts too."""
     expected = f"expected s3://bucket/prefix or file:///absolute/path, got {uri!r}"
     if uri.startswith("s3://"):
-        if not uri[len("s3://"):].partition("/")[0]:
-            raise ValueError(f"no bucket name: {expected}")
+        parse_s3_uri(uri)
         return
     if not uri.startswith("file:///"):
         raise ValueError(f"not a store location: {expected}")
     if local_path(uri) == Path("/"):
         raise ValueError(f"the filesystem root is not a store location: {expected}")
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix may be "").
+
+    Here rather than in qa.checkpoint.s3 so that configuration checks can apply S3's rules without boto3."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise ValueError(f"not an S3 URI (expected s3://bucket/prefix): {uri!r}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI has no bucket name: {uri!r}")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"invalid S3 bucket name {bucket!r} in {uri!r}: use 3-63 lowercase letters, digits, '.' or '-'"
+        )
+    prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError(f"S3 prefix must not contain empty, '.' or '..' segments: {uri!r}")
+    return bucket, prefix
 
 
 def open_store(uri: str, **s3_options: Any) -> Store:

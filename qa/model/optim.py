@@ -31,7 +31,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> Any:
+def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> torch.optim.Optimizer | DummyOptim:
     groups = param_groups(model, settings.weight_decay)
     betas = (settings.adam_beta1, settings.adam_beta2)
     if ds_config is not None and "optimizer" in ds_config:
@@ -51,7 +51,7 @@ def warmup_steps(settings: OptimizerSettings, total_steps: int) -> int:
     return settings.num_warmup_steps
 
 
-def build_scheduler(settings: OptimizerSettings, optimizer: torch.optim.Optimizer, num_training_steps: int,
+def build_scheduler(settings: OptimizerSettings, optimizer: torch.optim.Optimizer | DummyOptim, num_training_steps: int,
                     ds_config: dict[str, Any] | None) -> Any:
     warmup = warmup_steps(settings, num_training_steps)
     if ds_config is not None and "scheduler" in ds_config:

@@ -130,8 +130,11 @@ def _storage(settings: StorageSettings,
     from qa.checkpoint.store import StorageError, open_store
     from qa.checkpoint.uploader import BackgroundUploader
 
-    store = open_store(settings.uri, sse=settings.sse, sse_kms_key_id=settings.sse_kms_key_id,
-                       create_bucket=settings.create_bucket)
+    try:
+        store = open_store(settings.uri, sse=settings.sse, sse_kms_key_id=settings.sse_kms_key_id,
+                           create_bucket=settings.create_bucket)
+    except ValueError as e:  # the config checks should have caught it; still a user's value, not a bug
+        raise ConfigError(f"s3_uri: {e}") from None
 
     def check() -> None:
         try:

@@ -269,13 +269,28 @@ def test_store_locations_are_told_apart_cheaply() -> None:
     assert STORE_SCHEMES == ("s3://", "file://")
     assert is_store_uri("s3://bucket/runs/step_1") and is_store_uri("file:///mnt/nfs/step_1")
     assert not is_store_uri("/mnt/nfs/step_1") and not is_store_uri("outputs/step_1") and not is_store_uri("auto")
-    for good in ("s3://bucket", "s3://bucket/runs/", "s3://b/p", "file:///mnt/nfs/ckpts", "file:///with%20space"):
+    for good in ("s3://bucket", "s3://bucket/runs/", "s3://bkt/p", "file:///mnt/nfs/ckpts", "file:///with%20space"):
         check_location(good)
     for bad in ("s3://", "s3:///runs", "file:///", "file://relative/x", "file://host/x", "file:relative",
-                "file:///mnt?x=1", "/mnt/nfs/ckpts", "gs://bucket/x", "S3://bucket/x", ""):
+                "file:///mnt?x=1", "/mnt/nfs/ckpts", "gs://bucket/x", "S3://bucket/x", "",
+                "s3://My_Bucket/x", "s3://ab/x", "s3://bucket/x/../y", "s3://bucket/x//y"):
         with pytest.raises(ValueError) as err:
             check_location(bad)
         assert "\n" not in str(err.value) and repr(bad) in str(err.value)
+
+
+def test_a_local_listing_that_fails_is_an_error_not_an_empty_store(tmp_path: Path, tree: Tree) -> None:
+    store = LocalStore(tmp_path / "store", create=True)
+    store.upload_dir(tree(tmp_path / "a"), "ckpts/step_1")
+    # A symlink loop: every read of it fails (ELOOP), as EIO or ESTALE on a sick mount would. An empty answer
+    # would make resume start fresh, and delete_prefix skip the manifest-first order.
+    (tmp_path / "store" / "loop").symlink_to("loop")
+    for read in (store.list_complete, store.list_keys, store.delete_prefix):
+        with pytest.raises(StorageError, match="loop"):
+            read("loop")
+    # Only an absent prefix is empty.
+    assert store.list_complete("absent") == [] and store.list_keys("absent") == []
+    assert store.list_complete("ckpts") == ["step_1"]
 
 
 def test_uploader_runs_then_after_a_successful_upload_only(tmp_path: Path, tree: Tree,
