@@ -60,8 +60,6 @@ def _default_multipart_threshold() -> int:
     return max(1, int(float(value) * MiB)) if value else 64 * MiB
 
 
-
-
 def _error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))

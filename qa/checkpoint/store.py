@@ -151,6 +151,7 @@ def check_location(uri: str) -> None:
     if local_path(uri) == Path("/"):
         raise ValueError(f"the filesystem root is not a store location: {expected}")
 
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix may be "").
 

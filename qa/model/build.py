@@ -14,7 +14,6 @@ from qa.model.settings import ModelSettings
 logger = logging.getLogger(__name__)
 
 
-
 def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(settings.tokenizer_source, use_fast=True)
     if getattr(tok, "padding_side", "right") != "right":

@@ -6,10 +6,8 @@ import math
 from typing import Any
 
 import torch
-from accelerate.utils import (
-    DummyOptim,
-    DummyScheduler,
-)
+from accelerate.utils import DummyOptim, DummyScheduler
+from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
 from qa.model.settings import OptimizerSettings
@@ -31,7 +29,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module, ds_config: dict[str, Any] | None) -> torch.optim.Optimizer | DummyOptim:
+def build_optimizer(settings: OptimizerSettings, model: torch.nn.Module,
+                    ds_config: dict[str, Any] | None) -> torch.optim.Optimizer | DummyOptim:
     groups = param_groups(model, settings.weight_decay)
     betas = (settings.adam_beta1, settings.adam_beta2)
     if ds_config is not None and "optimizer" in ds_config:
@@ -51,8 +50,8 @@ def warmup_steps(settings: OptimizerSettings, total_steps: int) -> int:
     return settings.num_warmup_steps
 
 
-def build_scheduler(settings: OptimizerSettings, optimizer: torch.optim.Optimizer | DummyOptim, num_training_steps: int,
-                    ds_config: dict[str, Any] | None) -> Any:
+def build_scheduler(settings: OptimizerSettings, optimizer: torch.optim.Optimizer | DummyOptim,
+                    num_training_steps: int, ds_config: dict[str, Any] | None) -> LRScheduler | DummyScheduler:
     warmup = warmup_steps(settings, num_training_steps)
     if ds_config is not None and "scheduler" in ds_config:
         return DummyScheduler(optimizer, total_num_steps=num_training_steps, warmup_num_steps=warmup)

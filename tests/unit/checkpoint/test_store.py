@@ -234,6 +234,43 @@ def test_s3_delete_removes_manifest_before_objects(s3_server: Any, s3_bucket: st
     assert [op for op, _ in deletes[1:]] == ["DeleteObjects"]
 
 
+@pytest.mark.s3
+def test_s3_delete_removes_objects_by_their_listed_names(s3_server: Any, s3_bucket: str, tree: Tree,
+                                                        tmp_path: Path, isolated_aws_env: None) -> None:
+    # Other tools (consoles, `aws s3 cp`, sync jobs) write "folder" marker objects whose keys end in "/". On AWS,
+    # deleted under a re-normalised name ("exp/ckpt/notes") the marker would stay and the checkpoint never be
+    # gone. SeaweedFS forgives that (it deletes the folder either way), so the requests themselves are checked.
+    store = s3_server.store(f"s3://{s3_bucket}/exp")
+    store.upload_dir(tree(tmp_path / "a"), "ckpt")
+    store.client.put_object(Bucket=s3_bucket, Key="exp/ckpt/notes/", Body=b"")
+    listed = store.list_keys("ckpt")
+    assert "ckpt/notes/" in listed
+    sent: list[str] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "DeleteObject":
+            sent.append(params["Key"])
+        elif model.name == "DeleteObjects":
+            sent.extend(o["Key"] for o in params["Delete"]["Objects"])
+
+    store.client.meta.events.register("before-parameter-build.s3", record)
+    store.delete_prefix("ckpt")
+    assert sorted(sent) == sorted(f"exp/{key}" for key in listed)
+    assert store.list_keys("ckpt") == []
+    assert store.client.list_objects_v2(Bucket=s3_bucket, Prefix="exp/ckpt/").get("KeyCount", 0) == 0
+
+
+@pytest.mark.s3
+def test_s3_objects_that_delete_objects_refuses_are_an_error(s3_server: Any, s3_bucket: str,
+                                                             isolated_aws_env: None) -> None:
+    # DeleteObjects answers 200 and lists the keys it did not delete. SeaweedFS refuses a ".." key that way,
+    # as AWS refuses keys the credentials may not delete; ignored, a checkpoint would survive its rotation.
+    store = s3_server.store(f"s3://{s3_bucket}/exp")
+    store.client.put_object(Bucket=s3_bucket, Key="exp/kept", Body=b"1")
+    with pytest.raises(StorageError, match=r"1 of 2 objects were not deleted.*exp/\.\./x.*InvalidRequest"):
+        store._delete(["../x", "kept"])  # the backend primitive: ObjectStore never builds such a key
+
+
 # -- the filesystem backend and open_store -----------------------------------------------------------
 
 
