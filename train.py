@@ -11,54 +11,54 @@ data, resume target, storage) on any rank ends every rank with one line and exit
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from qa.trainer import startup
+from qa.lifecycle import startup
 
 startup.prepare_process()  # dies with its launcher, DeepSpeed op cache, repeated warnings once, start clock
 
-from qa.config import TrainConfig, load_config, split_config
+from qa.config import Config
 from qa.errors import EXIT_USER_ERROR, UserError
 from qa.preflight.checks import check_launch
+from qa.preflight.config_checks import load_and_check
 from qa.preflight.report import describe_plan
 from qa.trainer import prediction, setup
 from qa.trainer.evaluation import evaluate
 from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 
 
-def run(cfg: TrainConfig) -> int:
-    sections = split_config(cfg)  # each component gets its own section (data, model, optimizer, checkpoint, ...)
-    session = setup.start(cfg, sections)  # accelerator, input checks, output_dir claim, storage, resume, tracker
+def run(cfg: Config) -> int:
+    session = setup.start(cfg)  # accelerator, input checks, output_dir claim, storage, resume, tracker
     startup.mark("setup")
-    data = setup.prepare_data(sections.data, sections.model, session)  # examples -> cached features
-    test = prediction.prepare_data(sections.data, session, data.tokenizer) if cfg.do_predict else None
+    data = setup.prepare_data(cfg, session)  # examples -> cached windows (train, eval, test)
     startup.mark("data")
-    model = setup.build_model(sections, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
-    setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming
+    model = setup.build_model(cfg, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
+    setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
-    if data.eval is not None and cfg.eval_before_training:
-        evaluate(session, model, data.eval, sections.eval, tag="eval_before")  # the baseline to beat
+    if data.eval is not None and cfg.eval.eval_before_training:
+        evaluate(session, model, data.eval, cfg, tag="eval_before")  # the baseline to beat
     outcome = COMPLETED
-    if cfg.do_train:
-        outcome = Trainer(session, model, data, sections.loop, sections.eval).train()
+    if cfg.run.do_train:
+        outcome = Trainer(session, model, data, cfg).train()
     if outcome in (PREEMPTED, INTERRUPTED):
-        setup.finish(sections.storage, session, outcome)  # upload finished within the grace period
+        setup.finish(cfg.storage, session, outcome)  # upload finished within the grace period
         return session.preemption.exit_code  # EXIT_PREEMPTED (launch/ scripts requeue), or 130 after Ctrl-C
     if data.eval is not None:
-        evaluate(session, model, data.eval, sections.eval, tag="eval")  # gather, decode and score on rank 0
-    if test is not None:
-        prediction.predict(session, model, test, sections.eval)  # test_predictions.json (+ scores if labeled)
-    if cfg.do_train:
-        setup.export(sections.checkpoint.output_dir, session, model, data)  # save_pretrained + tokenizer -> final/
-    setup.finish(sections.storage, session, outcome)  # wait for uploads, summary, close tracker
+        evaluate(session, model, data.eval, cfg, tag="eval")  # gather, decode and score on rank 0
+    if data.test is not None:
+        prediction.predict(session, model, data.test, cfg)  # test_predictions.json (+ scores if labeled)
+    if cfg.run.do_train:
+        setup.export(Path(cfg.run.output_dir), session, model, data)  # save_pretrained + tokenizer -> final/
+    setup.finish(cfg.storage, session, outcome)  # wait for uploads, summary, close tracker
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     startup.mark("imports")
     try:
-        cfg = load_config(argv)  # every key checked before any model or GPU work
+        cfg = load_and_check(argv)  # every key checked before any model or GPU work
         check_launch(cfg)  # this launch can run this config (batch, precision, ZeRO)
-        if cfg.dry_run:
+        if cfg.run.dry_run:
             print(describe_plan(cfg) or "", end="")  # the resolved plan (rank 0), no weights loaded
             return 0
         return run(cfg)

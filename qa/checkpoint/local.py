@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, ClassVar
 
+from qa.checkpoint.location import key_parts
+from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.objects import ObjectStore
-from qa.checkpoint.store import MANIFEST_NAME, MiB, StorageError, key_parts
+from qa.checkpoint.store import MiB, StorageError
 from qa.files import atomic_write
 
 logger = logging.getLogger(__name__)

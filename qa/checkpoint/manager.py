@@ -33,6 +33,7 @@ from qa.checkpoint.settings import CheckpointSettings
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints, step_name
 from qa.checkpoint.store import Store
 from qa.checkpoint.uploader import BackgroundUploader
+from qa.data.settings import DataOrder
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError
 from qa.files import atomic_write_text
@@ -68,20 +69,26 @@ class Checkpointer:
     """Owns the local checkpoint directory and, on each node's local main process, the store's uploader.
 
     Only :meth:`save`, :meth:`resolve` and :meth:`load` need the accelerator; :meth:`publish` and
-    :meth:`find_resume` are a node's share of them and work without one (a single process then plays every node);
+    :meth:`resume_finder` are a node's share of them and work without one (a single process then plays every node);
     :meth:`check_resume` and :meth:`needs_reshard` read only its number of processes.
     """
 
     def __init__(self, settings: CheckpointSettings, accelerator: Any, store: Store | None = None,
-                 uploader: BackgroundUploader | None = None) -> None:
-        """Collective when ``accelerator`` runs several processes (:func:`node_layout`)."""
+                 uploader: BackgroundUploader | None = None, *, output_dir: Path, run_name: str,
+                 data_order: DataOrder, config_yaml: str = "") -> None:
+        """Collective when ``accelerator`` runs several processes (:func:`node_layout`).
+
+        ``data_order``: what the data position of a checkpoint depends on (a resume must keep it);
+        ``config_yaml``: the resolved run config, secrets redacted, saved beside each checkpoint."""
         self.settings = settings
         self.accelerator = accelerator
-        self.root = settings.output_dir / "checkpoints"
+        self.data_order = data_order
+        self.config_yaml = config_yaml
+        self.root = Path(output_dir) / "checkpoints"
         self.store = store
         self.uploader = uploader
         self.layout = node_layout(accelerator)
-        self.run_prefix = settings.run_name
+        self.run_prefix = run_name
         self.store_prefix = f"{self.run_prefix}/checkpoints"  # this run's checkpoints in the store
         self.resumed_from: str | None = None  # name of this run's checkpoint we resumed from: never rotated away
         self.last_save_s: float | None = None
@@ -89,14 +96,15 @@ class Checkpointer:
         self._is_main = accelerator is None or accelerator.is_main_process
 
     # -- store naming ---------------------------------------------------------------------------------------
-    def s3_uri_for(self, rel: str) -> str | None:
+    def store_uri_for(self, rel: str) -> str | None:
         """URI in the store of ``rel`` (relative to this run), None without a store."""
         if self.store is None:
             return None
         return self.store.uri_for(f"{self.run_prefix}/{rel}")
 
-    def _checkpoint_uri(self, name: str) -> str | None:
-        return self.s3_uri_for(f"checkpoints/{name}")
+    def checkpoint_uri(self, name: str) -> str | None:
+        """URI in the store of this run's checkpoint ``name``, None without a store."""
+        return self.store_uri_for(f"checkpoints/{name}")
 
     # -- save -----------------------------------------------------------------------------------------------
     def save(self, state: TrainState, *, export: Any | None = None) -> Path:
@@ -116,7 +124,7 @@ class Checkpointer:
             export(path / "model")
         if acc.is_main_process:
             (path / STATE_FILE).write_text(state.to_json())
-            (path / "config.yaml").write_text(self.settings.config_yaml)
+            (path / "config.yaml").write_text(self.config_yaml)
         acc.wait_for_everyone()
         pending, save_id = self._agree_on_publishing()
         if acc.is_local_main_process:
@@ -156,7 +164,7 @@ class Checkpointer:
         if self.uploader is None:
             return set()
         pending = set(self.uploader.pending())
-        return {name for name in names if self._checkpoint_uri(name) in pending}
+        return {name for name in names if self.checkpoint_uri(name) in pending}
 
     def _rotate_local(self, protected: set[str]) -> None:
         if self.settings.save_total_limit is None:
@@ -181,7 +189,7 @@ class Checkpointer:
             protected.add(self.resumed_from)
         for name in checkpoints_to_delete(names, limit, protected):
             self.store.delete_prefix(f"{self.store_prefix}/{name}")  # manifest first
-            logger.info("deleted %s from the store (save_total_limit %d)", self._checkpoint_uri(name), limit)
+            logger.info("deleted %s from the store (save_total_limit %d)", self.checkpoint_uri(name), limit)
 
     def upload_final(self, final_dir: Path) -> None:
         if self.uploader is not None and self.accelerator.is_main_process:
@@ -203,14 +211,6 @@ class Checkpointer:
                                           decide=lambda fn: on_rank_zero(acc, fn), local_main=acc.is_local_main_process)
         return self._remember(found)
 
-    def find_resume(self, spec: str) -> Path | None:
-        """:meth:`resolve` for one process playing every node (no accelerator, no collective).
-
-        ``auto``: the newest complete local checkpoint, else the newest one in the store that downloads intact.
-        ``s3://...`` or ``file://...``: that checkpoint of a store, downloaded. Else a local directory."""
-        found = self.resume_finder().find(spec, gather=lambda value: [value], decide=lambda fn: fn(), local_main=True)
-        return self._remember(found)
-
     def resume_finder(self) -> ResumeFinder:
         """This node's part in choosing the checkpoint, for callers with collectives of their own."""
         return ResumeFinder(root=self.root, layout=self.layout, store=self.store, store_prefix=self.store_prefix,
@@ -223,7 +223,7 @@ class Checkpointer:
 
     def check_resume(self, path: Path) -> TrainState:
         """The saved counters, checked against this run (see :func:`check_resume`)."""
-        return check_resume(self.settings, self.accelerator.num_processes, path)
+        return check_resume(self.data_order, self.settings.resume_weights_only, self.accelerator.num_processes, path)
 
     def needs_reshard(self, path: Path) -> bool:
         """Whether ``path`` holds ZeRO state partitioned for another world size, to load as a universal checkpoint
@@ -261,7 +261,7 @@ class Checkpointer:
         # Accelerate's micro-batch count within the epoch decides when gradients sync; the RNG file restored the
         # saving run's count, which only fits its own split of the global batch. Checkpoints are taken at step
         # boundaries, so this is the same number when the split did not change.
-        self.accelerator.step = saved.steps_in_epoch * self.settings.data_order.gradient_accumulation_steps
+        self.accelerator.step = saved.steps_in_epoch * self.data_order.gradient_accumulation_steps
         logger.info("resumed from %s at step %d (epoch %d, %d global batches in); saved on %d rank(s), now %d; "
                     "state loaded in %.2fs", path, saved.global_step, saved.epoch, saved.steps_in_epoch,
                     saved.world_size, world, time.perf_counter() - t0)

@@ -17,17 +17,14 @@ To add a backend (e.g. GCS): subclass ObjectStore, set ``_backend_errors`` to th
   * ``_delete(keys)``: delete these objects (an absent one is no error);
   * ``redact(text)`` if it holds a secret, and ``_drop_empty(key)`` if deleting objects can leave something
     behind (a filesystem's directories);
-then, in qa.checkpoint.store, add its scheme to ``STORE_SCHEMES``, ``check_location`` (what the config accepts)
-and ``open_store``. Nothing outside qa/checkpoint/ names a scheme."""
+then add its scheme to ``STORE_SCHEMES`` and ``check_location`` in qa.checkpoint.location (what the config accepts)
+and to ``open_store`` in qa.checkpoint.backends. Nothing outside qa/checkpoint/ names a scheme."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -35,19 +32,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from qa.checkpoint.store import (
+from qa.checkpoint.location import key_parts
+from qa.checkpoint.manifest import (
     MANIFEST_NAME,
-    MiB,
-    StorageError,
     build_manifest,
+    encode_json,
     files_to_upload,
     hash_file,
-    key_parts,
-    manifest_body,
     parse_manifest,
     parse_record,
     verify_file,
 )
+from qa.checkpoint.store import MiB, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +177,7 @@ class ObjectStore(ABC):
         self._put_json(self._join(key), record)
 
     def _put_json(self, key: str, value: Mapping[str, Any]) -> None:
-        body = manifest_body(value, self.redact)
+        body = encode_json(value, self.redact)
         with self._errors(f"upload of {self.uri_for(key)}"):
             self._put_bytes(key, body)
 
@@ -218,39 +214,10 @@ class ObjectStore(ABC):
         with self._errors(f"listing {self.uri_for(base)}"):
             return sorted(self._list(base))
 
-    def download_dir(self, key_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, Any]:
-        """Fetch a complete upload into ``local_dir`` (absent or empty), every file verified.
-
-        Files land in a temporary sibling directory renamed into place only when every file matched, so
-        ``local_dir`` ends up either complete (with the manifest beside the files) or absent."""
-        t0 = time.monotonic()
-        manifest = self.read_manifest(key_prefix)
-        dest = Path(local_dir)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise StorageError(f"download target {dest} already exists and is not an empty directory")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the checkpoint should look like any other dir
-        try:
-            for rel, info in manifest["files"].items():
-                target = tmp.joinpath(*rel.split("/"))  # the manifest was validated: no unsafe paths
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._fetch(key_prefix, rel, info, target)
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            if dest.exists():
-                dest.rmdir()
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        logger.info("downloaded and verified %d files from %s to %s in %.1fs", len(manifest["files"]),
-                    self.uri_for(key_prefix), dest, time.monotonic() - t0)
-        return dict(manifest)
-
     def download_files(self, key_prefix: str, local_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
                        rels: Sequence[str]) -> None:
-        """Each file goes to a temporary sibling, verified and only then renamed over ``local_dir/rel``. Unlike
-        :meth:`download_dir` the directory is shared (the nodes of a shared filesystem each fill in their ranks'
+        """Each file goes to a temporary sibling, verified and only then renamed over ``local_dir/rel``. The
+        directory is shared (the nodes of a shared filesystem each fill in their ranks'
         files), so it is the caller's marker, not the directory, that says when the whole is there."""
         dest = Path(local_dir)
         for rel in rels:

@@ -26,15 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qa.checkpoint.manifest import files_to_upload, validate_manifest
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState
-from qa.checkpoint.store import (
-    CorruptObjectError,
-    MiB,
-    StorageError,
-    Store,
-    files_to_upload,
-    validate_manifest,
-)
+from qa.checkpoint.store import CorruptObjectError, MiB, StorageError, Store
 
 logger = logging.getLogger(__name__)
 

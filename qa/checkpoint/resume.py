@@ -15,26 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qa.checkpoint.backends import open_store
+from qa.checkpoint.location import is_store_uri
 from qa.checkpoint.parts import NodeLayout, fetch_part, usable_here
 from qa.checkpoint.reshard import check_global_batch
 from qa.checkpoint.rotation import newest_first
-from qa.checkpoint.settings import CheckpointSettings
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints
-from qa.checkpoint.store import StorageError, Store, is_store_uri, open_store
-from qa.data.settings import BATCH_SPLIT_KEYS
+from qa.checkpoint.store import StorageError, Store
+from qa.data.settings import BATCH_SPLIT_KEYS, DataOrder
 from qa.errors import ConfigError
 from qa.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 
-def check_resume(settings: CheckpointSettings, world: int, path: Path) -> TrainState:
+def check_resume(order: DataOrder, weights_only: bool, world: int, path: Path) -> TrainState:
     """The counters saved in ``path``, once checked against this run: ConfigError (one line naming the
     setting) if the data order or the global batch differ. Every rank reads the same file and decides alike."""
     saved = TrainState.from_file(path / STATE_FILE)
-    if settings.resume_weights_only:
+    if weights_only:
         return saved  # a new schedule from the weights: any data order, batch or world size
-    order = settings.data_order
     now = order.key(world)
     if saved.data_order:
         # The saved position counts global batches of one global batch order; how a global batch is split over

@@ -33,8 +33,9 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from qa.checkpoint.location import key_parts, parse_s3_uri
 from qa.checkpoint.objects import ObjectStore
-from qa.checkpoint.store import CorruptObjectError, MiB, StorageError, key_parts, parse_s3_uri
+from qa.checkpoint.store import CorruptObjectError, MiB, StorageError
 
 logger = logging.getLogger(__name__)
 

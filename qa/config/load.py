@@ -1,9 +1,10 @@
-"""YAML file + ``--key value`` overrides -> a checked :class:`TrainConfig`.
+"""YAML file + ``--key value`` overrides -> a :class:`Config` whose sections passed their own checks.
 
 The command line is parsed by ``transformers.HfArgumentParser``: transformers is already a dependency, people who
 ran its ``run_qa.py`` examples know its flags (``--key value``, a bare ``--flag`` for true, ``--no_flag``,
 lists as ``--key a b``), and it turns the dataclass fields (type, default, ``metadata["help"]``) into argparse
-arguments, so ``train.py --help`` lists every key with its type, default and description.
+arguments, so ``train.py --help`` lists every key with its type, default and description. It takes several
+dataclasses: here, the sections of ``qa/config/sections.py``, one ``--help`` group each.
 
 Written by hand on top of it, because it does not do these:
 
@@ -38,12 +39,11 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from qa.config.checks import check_config as _check
-from qa.config.schema import SECTIONS, TrainConfig
+from qa.config.sections import SECTIONS, Config, make_config
 from qa.errors import ConfigError
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_HINTS = typing.get_type_hints(TrainConfig)
+_FIELDS = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+_HINTS = {k: v for cls in SECTIONS.values() for k, v in typing.get_type_hints(cls).items()}
 _REPO = Path(__file__).resolve().parents[2]
 _NULLS = frozenset({"null", "none", "~"})
 # What HfArgumentParser is told a field's type is, where the schema's type is one it refuses.
@@ -125,12 +125,12 @@ class _WithTracking(argparse.Action):
 
 
 class ConfigParser(HfArgumentParser):
-    """``train.py``'s arguments: one per TrainConfig field, in ``--help`` groups, plus --config/--with_tracking."""
+    """``train.py``'s arguments: one per key, a ``--help`` group per section, plus --config/--with_tracking."""
 
     def __init__(self) -> None:
         self.groups: dict[str, Any] = {}
         super().__init__(
-            TrainConfig, prog="train.py", allow_abbrev=False,  # a typo must not silently match a longer key
+            tuple(SECTIONS.values()), prog="train.py", allow_abbrev=False,  # a typo must not silently match a longer key
             usage="train.py [-h] [--config FILE.yaml] [--key value ...]", formatter_class=_HelpFormatter,
             description="Fine-tune an extractive QA model. Keys come from --config FILE.yaml (key: value) "
                         "and are overridden by --key value.",
@@ -147,12 +147,10 @@ class ConfigParser(HfArgumentParser):
         self.actions = {a.dest: a for a in self._actions if a.nargs != 0}
 
     def _add_dataclass_arguments(self, dtype: Any) -> None:
-        group: Any = self
+        group = self.groups[dtype.TITLE] = self.add_argument_group(dtype.TITLE)
         for f in dataclasses.fields(dtype):
-            if f.name in SECTIONS:
-                group = self.groups[SECTIONS[f.name]] = self.add_argument_group(SECTIONS[f.name])
             hint = _HINTS[f.name]
-            f = copy.copy(f)  # HfArgumentParser rewrites field.type: leave TrainConfig's own fields alone
+            f = copy.copy(f)  # HfArgumentParser rewrites field.type: leave the section's own fields alone
             f.type = _PARSE_AS.get(f.name, hint)
             first = len(self._actions)
             self._parse_dataclass_field(group, f)
@@ -292,17 +290,10 @@ def _read_yaml(path: str) -> dict[Any, Any]:
     return loaded
 
 
-def from_dict(values: Mapping[str, Any], *, source: str = "config", check_files: bool = True) -> TrainConfig:
-    """A checked config from ``key: value`` pairs (as read from YAML) over the defaults."""
-    converted = _convert_mapping(ConfigParser(), values, source)
-    converted["deepspeed"] = resolve_repo_path(converted.get("deepspeed", _FIELDS["deepspeed"].default))
-    cfg = TrainConfig(**converted)
-    _check(cfg, check_files=check_files)
-    return cfg
+def load_config(argv: Sequence[str] | None = None) -> Config:
+    """``--config FILE`` (YAML), then ``--key value`` overrides; raises ConfigError naming the key.
 
-
-def load_config(argv: Sequence[str] | None = None, *, check_files: bool = True) -> TrainConfig:
-    """``--config FILE`` (YAML), then ``--key value`` overrides; raises ConfigError naming the key."""
+    Each section checks its own values here; checks across sections (and of files) are qa.preflight's."""
     argv = _join_negative_numbers(sys.argv[1:] if argv is None else argv)
     parser = ConfigParser()
     paths = _PreParser().parse_known_args(argv)[0].config
@@ -324,17 +315,15 @@ def load_config(argv: Sequence[str] | None = None, *, check_files: bool = True) 
     values = {name: getattr(namespace, name) for name in _FIELDS}
     values["wandb_tags"] = _split_commas(values["wandb_tags"])
     values["deepspeed"] = resolve_repo_path(values["deepspeed"])
-    cfg = TrainConfig(**values)
-    _check(cfg, check_files=check_files)
-    return cfg
+    return make_config(**values)
 
 
-def config_yaml(cfg: TrainConfig) -> str:
+def config_yaml(cfg: Config) -> str:
     """The resolved config as YAML, secrets redacted: it lands in output dirs, checkpoints and buckets."""
     from qa.tracking.redaction import redact
 
     return yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False)
 
 
-def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(config_yaml(cfg))

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
-import numpy as np
 
 from qa.errors import DataError
 
@@ -141,10 +140,3 @@ def build_eval_features(examples: datasets.Dataset, tokenizer: Any, *, max_seq_l
                    "source": source},
         load_from_cache_file=not overwrite_cache, desc="eval features",
     )
-
-
-def packed_offsets(features: datasets.Dataset, seq_len: int) -> np.ndarray:
-    """Eval offsets as one int32 array [n_features, seq_len, 2], -1 outside the context."""
-    from qa.eval.decode import pack_offsets
-
-    return pack_offsets(features["offset_mapping"], seq_len)

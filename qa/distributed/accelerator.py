@@ -19,6 +19,7 @@ from accelerate.utils import (
     ProjectConfiguration,
 )
 
+from qa.data.settings import BatchSettings
 from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
 from qa.model.optim import warmup_steps
@@ -37,8 +38,9 @@ def resolve_precision(mixed_precision: str, cuda: bool | None = None) -> str:
     return mixed_precision
 
 
-def load_deepspeed_config(dist: DistributedSettings, optimizer: OptimizerSettings, *, world_size: int,
-                          precision: str, num_training_steps: int | None = None) -> dict[str, Any] | None:
+def load_deepspeed_config(dist: DistributedSettings, optimizer: OptimizerSettings, batch: BatchSettings, *,
+                          world_size: int, precision: str,
+                          num_training_steps: int | None = None) -> dict[str, Any] | None:
     """Read the DeepSpeed JSON and fill every "auto" this run owns from the run config.
 
     Accelerate fills some "auto" values itself but, e.g., forces gradient_clipping to 1.0; filling them
@@ -52,12 +54,11 @@ def load_deepspeed_config(dist: DistributedSettings, optimizer: OptimizerSetting
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"deepspeed: cannot read {path}: {e}") from None
     ds = copy.deepcopy(ds)
-    micro = dist.per_device_train_batch_size
     values = {
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": dist.gradient_accumulation_steps,
-        "train_batch_size": micro * dist.gradient_accumulation_steps * world_size,
-        "gradient_clipping": dist.max_grad_norm,
+        "train_micro_batch_size_per_gpu": batch.per_device_train_batch_size,
+        "gradient_accumulation_steps": batch.gradient_accumulation_steps,
+        "train_batch_size": batch.global_batch(world_size),
+        "gradient_clipping": optimizer.max_grad_norm,
     }
     for key, val in values.items():
         if ds.get(key, "auto") == "auto":
@@ -96,13 +97,13 @@ def zero_stage(ds_config: dict[str, Any] | None) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def build_accelerator(dist: DistributedSettings, optimizer: OptimizerSettings, *,
-                      log_with: str | list[str] | None = None) -> Accelerator:
+def build_accelerator(dist: DistributedSettings, optimizer: OptimizerSettings, batch: BatchSettings, *,
+                      output_dir: str, log_with: str | list[str] | None = None) -> Accelerator:
     """Collective: every rank calls it (it joins the process group)."""
     cuda = torch.cuda.is_available()
     precision = resolve_precision(dist.mixed_precision, cuda)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ds_config = load_deepspeed_config(dist, optimizer, world_size=world_size, precision=precision)
+    ds_config = load_deepspeed_config(dist, optimizer, batch, world_size=world_size, precision=precision)
     kwargs_handlers = [InitProcessGroupKwargs(timeout=timedelta(minutes=30))]
     if not cuda and (world_size > 1 or ds_config is not None):
         # NCCL needs CUDA; gloo runs real collectives (and DeepSpeed ZeRO) on CPU. A single plain process has no
@@ -120,10 +121,10 @@ def build_accelerator(dist: DistributedSettings, optimizer: OptimizerSettings, *
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     accelerator = Accelerator(
         mixed_precision=precision,
-        gradient_accumulation_steps=dist.gradient_accumulation_steps,
+        gradient_accumulation_steps=batch.gradient_accumulation_steps,
         deepspeed_plugin=plugin,
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=dist.output_dir, automatic_checkpoint_naming=False),
+        project_config=ProjectConfiguration(project_dir=output_dir, automatic_checkpoint_naming=False),
         # Our batch sampler already makes equal batches per rank; eval pads explicitly (see qa.distributed.gather).
         dataloader_config=DataLoaderConfiguration(even_batches=True),
         kwargs_handlers=kwargs_handlers,

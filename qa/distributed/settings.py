@@ -1,16 +1,19 @@
-"""The distributed section of the run config: precision, the DeepSpeed JSON and what it must agree with."""
+"""The distributed section: precision, the DeepSpeed JSON and TF32."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from qa.keys import key
 
 
 @dataclass(frozen=True)
 class DistributedSettings:
-    mixed_precision: str  # auto | no | fp16 | bf16
-    deepspeed: str | None  # path of the DeepSpeed JSON, absolute once loaded (qa.config.load)
-    tf32: bool
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    max_grad_norm: float
-    output_dir: str
+    TITLE: ClassVar[str] = "precision and DeepSpeed"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = key("auto", "auto: fp16 on CUDA, fp32 elsewhere")
+    # Its batch sizes, precision and optimizer values are "auto" and filled from the run config. A relative path
+    # is found as qa/config/parser.py:resolve_repo_path says.
+    deepspeed: str | None = key("configs/deepspeed/zero2.json",
+                                "DeepSpeed JSON; null runs plain DDP. Relative: the working directory, else the repo")
+    tf32: bool = key(True, "Allow TF32 matmuls on Ampere+ GPUs")

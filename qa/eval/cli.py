@@ -12,13 +12,12 @@ so ``diff <(python -m qa.eval --output_dir D) D/eval_results.json`` checks a run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qa.eval.evaluator import DECODE_DEFAULTS, RUN_CONFIG_FILES, decode_and_score
+from qa.eval.evaluator import DECODE_DEFAULTS, RUN_CONFIG_FILE, decode_and_score
 from qa.eval.outputs import load_eval_arrays, metrics_json, write_eval_outputs
 from qa.eval.settings import DecodeSettings
 
@@ -39,18 +38,12 @@ def _str2bool(v: str | bool) -> bool:
 
 
 def _run_config(output_dir: Path) -> tuple[dict[str, Any], Path | None]:
-    """Decoding settings the run used: run_config.json, else the run_config.yaml the trainer writes."""
-    for name in RUN_CONFIG_FILES:
-        path = output_dir / name
-        if not path.is_file():
-            continue
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            cfg = json.loads(text)
-        else:
-            import yaml  # only needed for the trainer's YAML; a dependency of the project
+    """Decoding settings the run used: the run_config.yaml the trainer writes."""
+    path = output_dir / RUN_CONFIG_FILE
+    if path.is_file():
+        import yaml
 
-            cfg = yaml.safe_load(text)
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(cfg, dict):
             raise ValueError(f"{path}: expected a mapping, got {type(cfg).__name__}")
         return {k: cfg[k] for k in DECODE_DEFAULTS if cfg.get(k) is not None}, path
@@ -62,12 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m qa.eval",
         description="Re-decode and re-score an evaluation from the arrays a run saved (eval_logits.npz, "
                     "eval_features.npz, eval_examples.jsonl). Decoding settings default to the run's "
-                    "run_config.json (or run_config.yaml), then to the values shown.")
+                    "run_config.yaml, then to the values shown.")
     p.add_argument("--output_dir", required=True, type=Path, help="run directory holding the saved arrays")
     p.add_argument("--n_best_size", type=int, default=None, help=f"default: run config, else {DecodeSettings.n_best_size}")
     p.add_argument("--max_answer_length", type=int, default=None, help=f"default: run config, else {DecodeSettings.max_answer_length}")
     p.add_argument("--null_score_diff_threshold", type=float, default=None,
-                   help="default: run config, else 0.0")
+                   help=f"default: run config, else {DecodeSettings.null_score_diff_threshold}")
     p.add_argument("--version_2_with_negative", type=_str2bool, default=None, metavar="true|false",
                    help="default: run config, else false")
     p.add_argument("--write", action="store_true",

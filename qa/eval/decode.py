@@ -8,7 +8,7 @@ already-chosen n-best entries to build the output dicts.
 
 Char spans are trimmed of surrounding whitespace (``qa.eval.trim``) and a token holding no visible
 character is never a span's start or end, so answers are clean whatever the tokenizer's offsets include.
-The rule, written as plain loops, is ``qa.eval.reference.reference_decode``.
+The rule, written as plain loops, is ``reference_decode.reference_decode (tests/support)``.
 
 Span scores are float64 sums of the logits, so ranking never depends on float32 rounding of a sum;
 ``start_logit``/``end_logit`` in the n-best lists are the logits themselves. Ties are broken
@@ -123,7 +123,7 @@ def _gc_paused() -> Iterator[None]:
 def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_index: np.ndarray,
            offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, *,
            n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length,
-           version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0,
+           version_2_with_negative: bool = False, null_score_diff_threshold: float = DecodeSettings.null_score_diff_threshold,
            cls_index: np.ndarray | None = None) -> Decoded:
     """Best answer text and n-best list per example from per-feature start/end logits.
 

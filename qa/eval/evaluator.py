@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from qa.eval.decode import Decoded, decode
+from qa.eval.decode import Decoded, decode, pack_offsets
 from qa.eval.settings import DecodeSettings
 from qa.eval.squad_metrics import squad_v1, squad_v2
 
 LOGITS_FILE = "eval_logits.npz"
 FEATURES_FILE = "eval_features.npz"
 EXAMPLES_FILE = "eval_examples.jsonl"
-RUN_CONFIG_FILES = ("run_config.json", "run_config.yaml")
+RUN_CONFIG_FILE = "run_config.yaml"  # what train.py writes; qa.eval reads its decoding settings
 DECODE_DEFAULTS: dict[str, Any] = DecodeSettings().as_kwargs()  # the defaults live in qa/eval/settings.py
 
 
@@ -26,6 +26,13 @@ class EvalFeatures:
     example_index: np.ndarray  # int [n_features]: index into EvalExamples
     offsets: np.ndarray  # int32 [n_features, L, 2]: char spans, -1 outside the context
     cls_index: np.ndarray  # int [n_features]: position of the null answer
+
+    @classmethod
+    def of_windows(cls, windows: Any, seq_len: int) -> EvalFeatures:
+        """From evaluation windows (a datasets.Dataset or a dict of columns, qa.data.features)."""
+        return cls(example_index=np.asarray(windows["example_index"], dtype=np.int64),
+                   offsets=pack_offsets(windows["offset_mapping"], seq_len),
+                   cls_index=np.asarray(windows["cls_index"], dtype=np.int64))
 
 
 @dataclass
@@ -53,7 +60,7 @@ def _as_logits(x: Any) -> np.ndarray:
 
 def decode_features(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
                     n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length, version_2_with_negative: bool = False,
-                    null_score_diff_threshold: float = 0.0) -> Decoded:
+                    null_score_diff_threshold: float = DecodeSettings.null_score_diff_threshold) -> Decoded:
     """Answers from per-window logits ([n_features, L]): evaluation, prediction and the API all decode here."""
     return decode(
         examples.ids, examples.contexts, feats.example_index, feats.offsets,
@@ -67,7 +74,7 @@ def decode_features(examples: EvalExamples, feats: EvalFeatures, start_logits: A
 def decode_and_score(examples: EvalExamples, feats: EvalFeatures, start_logits: Any, end_logits: Any, *,
                      n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length,
                      version_2_with_negative: bool = False,
-                     null_score_diff_threshold: float = 0.0) -> EvalOutcome:
+                     null_score_diff_threshold: float = DecodeSettings.null_score_diff_threshold) -> EvalOutcome:
     """Decode gathered logits ([n_features, L]) into answers and score them against the gold answers.
 
     v2 scoring passes the null odds as ``na_probs`` with ``na_prob_thresh = null_score_diff_threshold``:

@@ -1,11 +1,12 @@
-"""The evaluation section of the run config, and decoding settings with their defaults written once (the run
-config, ``qa.eval`` and ``qa.predict`` use them)."""
+"""The evaluation section, and decoding settings with their defaults written once (the run config, ``qa.eval``
+and ``qa.predict`` use them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from qa.keys import key, need
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,23 @@ class DecodeSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How a run evaluates (and predicts): batch, windows, outputs, decoding."""
+    """How a run evaluates (and predicts): batch, decoding, outputs."""
 
-    batch_size: int  # windows per process
-    max_seq_length: int
-    seed: int
-    output_dir: Path  # predictions and eval_results.json go here
-    save_logits: bool
-    sample_table_size: int  # predictions shown in the W&B table
-    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    TITLE: ClassVar[str] = "evaluation"
+    per_device_eval_batch_size: int = key(64, "Evaluation windows per process")
+    n_best_size: int = key(DecodeSettings.n_best_size, "Start/end candidates per window when decoding")
+    max_answer_length: int = key(DecodeSettings.max_answer_length, "Longest answer span in tokens")
+    null_score_diff_threshold: float = key(
+        DecodeSettings.null_score_diff_threshold, "SQuAD v2: predict no answer when null beats the best span by more")
+    save_logits: bool = key(False, "Also save start/end logits of evaluation")
+    # The demo prints EM/F1 before and after training.
+    eval_before_training: bool = key(False, "Also evaluate before the first step")
+    eval_sample_table_size: int = key(16, "Predictions shown in the W&B sample table")
+
+    def check(self) -> None:
+        for name in ("per_device_eval_batch_size", "n_best_size", "max_answer_length"):
+            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+    def decode(self, version_2_with_negative: bool) -> DecodeSettings:
+        return DecodeSettings(self.n_best_size, self.max_answer_length, version_2_with_negative,
+                              self.null_score_diff_threshold)

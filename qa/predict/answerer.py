@@ -25,7 +25,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataColla
 from qa.data.features import prepare_eval_features
 from qa.distributed.gather import LOGIT_PAD, eval_batches
 from qa.errors import ConfigError, DataError
-from qa.eval.decode import Decoded, pack_offsets
+from qa.eval.decode import Decoded
 from qa.eval.evaluator import EvalExamples, EvalFeatures, decode_features
 from qa.eval.settings import DecodeSettings
 
@@ -111,7 +111,7 @@ class QuestionAnswerer:
 
     def __call__(self, question: str | Sequence[str], context: str | Sequence[str], *, top_k: int = 1,
                  max_answer_len: int = DecodeSettings.max_answer_length, max_seq_len: int = 384, doc_stride: int = 128,
-                 handle_impossible_answer: bool = False, null_score_diff_threshold: float = 0.0,
+                 handle_impossible_answer: bool = False, null_score_diff_threshold: float = DecodeSettings.null_score_diff_threshold,
                  batch_size: int = 32, n_best_size: int = DecodeSettings.n_best_size) -> Answer | list[Answer] | list[list[Answer]]:
         """Answers as the pipeline returned them: a dict for one question (a list of up to ``top_k`` dicts
         when ``top_k > 1``), a list of those for a list of questions. One question may go with many contexts
@@ -145,7 +145,7 @@ class QuestionAnswerer:
 
     def predict(self, ids: Sequence[str], questions: Sequence[str], contexts: Sequence[str], *,
                 max_answer_len: int = DecodeSettings.max_answer_length, max_seq_len: int = 384, doc_stride: int = 128,
-                handle_impossible_answer: bool = False, null_score_diff_threshold: float = 0.0,
+                handle_impossible_answer: bool = False, null_score_diff_threshold: float = DecodeSettings.null_score_diff_threshold,
                 batch_size: int = 32, n_best_size: int = DecodeSettings.n_best_size, progress: bool = False,
                 source: str = "input") -> Decoded:
         """Windows, logits and evaluation's decoding for many examples: what ``predictions.json`` holds."""
@@ -163,9 +163,7 @@ class QuestionAnswerer:
                                       tokenizer=self.tokenizer, max_seq_length=max_seq_len, doc_stride=doc_stride,
                                       source=source)
         start, end = self._logits(feats, batch_size, max_seq_len, progress)
-        arrays = EvalFeatures(example_index=np.asarray(feats["example_index"], dtype=np.int64),
-                              offsets=pack_offsets(feats["offset_mapping"], max_seq_len),
-                              cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
+        arrays = EvalFeatures.of_windows(feats, max_seq_len)
         examples = EvalExamples(ids=list(ids), contexts=list(contexts), answers=[[] for _ in ids])
         # Under v2 at least two candidates, so that the best span is kept even when the null outranks it.
         return decode_features(examples, arrays, start, end,

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n_best_size", type=int, default=DecodeSettings.n_best_size)
     p.add_argument("--handle_impossible_answer", "--version_2_with_negative", dest="handle_impossible_answer",
                    action="store_true", help="SQuAD v2: answer \"\" when the null answer wins")
-    p.add_argument("--null_score_diff_threshold", type=float, default=0.0)
+    p.add_argument("--null_score_diff_threshold", type=float, default=DecodeSettings.null_score_diff_threshold)
     p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"])

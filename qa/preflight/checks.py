@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qa.config import TrainConfig, split_config
+from qa.config import Config
 from qa.errors import ConfigError
 
 ACCELERATE_CONFIGS = Path("configs/accelerate")
@@ -40,9 +40,9 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ConfigError(f"deepspeed: cannot read {path}: {e}") from None
 
 
-def _check_total_batch(cfg: TrainConfig, world_size: int) -> None:
-    total = cfg.total_train_batch_size
-    micro, acc = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+def _check_total_batch(cfg: Config, world_size: int) -> None:
+    total = cfg.batch.total_train_batch_size
+    micro, acc = cfg.batch.per_device_train_batch_size, cfg.batch.gradient_accumulation_steps
     actual = micro * world_size * acc
     if total is None or total == actual:
         return
@@ -65,11 +65,11 @@ def _check_total_batch(cfg: TrainConfig, world_size: int) -> None:
                       "total_train_batch_size")
 
 
-def _check_launcher_env(cfg: TrainConfig, env: dict[str, str] | os._Environ) -> None:
+def _check_launcher_env(cfg: Config, env: dict[str, str] | os._Environ) -> None:
     """The accelerate launcher's DeepSpeed settings must agree with the run config, which is what counts."""
     use_ds = env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     env_json = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if cfg.deepspeed is None:
+    if cfg.distributed.deepspeed is None:
         if use_ds:
             raise ConfigError(
                 "deepspeed: the launcher turned DeepSpeed on (ACCELERATE_USE_DEEPSPEED=true, from "
@@ -78,12 +78,12 @@ def _check_launcher_env(cfg: TrainConfig, env: dict[str, str] | os._Environ) -> 
                 f"instead of this config; set --deepspeed {env_json or 'configs/deepspeed/zero2.json'} or "
                 "launch without DeepSpeed")
         return
-    if env_json and env_json.lower() != "none" and not _same_json(env_json, cfg.deepspeed):
+    if env_json and env_json.lower() != "none" and not _same_json(env_json, cfg.distributed.deepspeed):
         raise ConfigError(
             f"deepspeed: the accelerate config points at {env_json} (ACCELERATE_DEEPSPEED_CONFIG_FILE) but "
-            f"the run config has deepspeed: {cfg.deepspeed}. The run config's JSON is the one the "
+            f"the run config has deepspeed: {cfg.distributed.deepspeed}. The run config's JSON is the one the "
             f"Accelerator is built with; make them agree: pass --deepspeed {env_json}, or launch with "
-            f"--deepspeed_config_file {cfg.deepspeed} (or the configs/accelerate/ YAML written for that "
+            f"--deepspeed_config_file {cfg.distributed.deepspeed} (or the configs/accelerate/ YAML written for that "
             "JSON)")
     fields = {f.strip() for f in env.get("ACCELERATE_CONFIG_DS_FIELDS", "").split(",") if f.strip()}
     refused = sorted(fields & _ACCELERATE_FIELDS_REFUSED_WITH_JSON)
@@ -104,7 +104,7 @@ def _same_json(a: str, b: str) -> bool:
         return False
 
 
-def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
+def _check_ds_values(cfg: Config, raw: dict[str, Any], path: str) -> None:
     """Values qa.distributed.accelerator.load_deepspeed_config leaves alone: explicit ones must agree with the run YAML."""
     if "zero_optimization" not in raw:
         raise ConfigError(f"deepspeed: {path} has no \"zero_optimization\" section (Accelerate requires "
@@ -113,10 +113,10 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
     sched = raw.get("scheduler")
     if opt is not None:
         params = opt.get("params", {})
-        for key, want, name in (("lr", cfg.learning_rate, "learning_rate"),
-                                ("betas", [cfg.adam_beta1, cfg.adam_beta2], "adam_beta1/adam_beta2"),
-                                ("eps", cfg.adam_epsilon, "adam_epsilon"),
-                                ("weight_decay", cfg.weight_decay, "weight_decay")):
+        for key, want, name in (("lr", cfg.optimizer.learning_rate, "learning_rate"),
+                                ("betas", [cfg.optimizer.adam_beta1, cfg.optimizer.adam_beta2], "adam_beta1/adam_beta2"),
+                                ("eps", cfg.optimizer.adam_epsilon, "adam_epsilon"),
+                                ("weight_decay", cfg.optimizer.weight_decay, "weight_decay")):
             got = params.get(key, "auto")
             if got != "auto" and _differs(got, want):
                 raise ConfigError(f"deepspeed: {path} sets optimizer.params.{key}={got} but {name} is "
@@ -133,19 +133,19 @@ def _check_ds_values(cfg: TrainConfig, raw: dict[str, Any], path: str) -> None:
     if sched is not None:
         stype = sched.get("type")
         shape = _DS_SCHEDULER_SHAPES.get(stype)
-        if shape is not None and shape != cfg.lr_scheduler_type:
-            raise ConfigError(f"lr_scheduler_type: {cfg.lr_scheduler_type}, but {path} has a {stype} "
+        if shape is not None and shape != cfg.optimizer.lr_scheduler_type:
+            raise ConfigError(f"lr_scheduler_type: {cfg.optimizer.lr_scheduler_type}, but {path} has a {stype} "
                               "scheduler (DeepSpeed's schedule replaces ours); set lr_scheduler_type: "
                               f"{shape} or remove the scheduler section")
         params = sched.get("params", {})
         warm = params.get("warmup_num_steps", "auto")
-        from_ratio = warm == "auto" and cfg.warmup_ratio > 0  # >= 1 step once the step count is known
-        warm = cfg.num_warmup_steps if warm == "auto" else warm
+        from_ratio = warm == "auto" and cfg.optimizer.warmup_ratio > 0  # >= 1 step once the step count is known
+        warm = cfg.optimizer.num_warmup_steps if warm == "auto" else warm
         if stype in _DS_SCHEDULER_SHAPES and not from_ratio and (not isinstance(warm, int) or warm <= 0):
             raise ConfigError(f"num_warmup_steps: DeepSpeed's {stype} (from {path}) needs warmup_num_steps "
                               f">= 1, got {warm}; set num_warmup_steps to at least 1")
-        for key, want, name in (("warmup_num_steps", cfg.num_warmup_steps, "num_warmup_steps"),
-                                ("warmup_max_lr", cfg.learning_rate, "learning_rate")):
+        for key, want, name in (("warmup_num_steps", cfg.optimizer.num_warmup_steps, "num_warmup_steps"),
+                                ("warmup_max_lr", cfg.optimizer.learning_rate, "learning_rate")):
             got = params.get(key, "auto")
             if got != "auto" and _differs(got, want):
                 raise ConfigError(f"deepspeed: {path} sets scheduler.params.{key}={got} but {name} is "
@@ -175,35 +175,35 @@ def _gathers_16bit_weights(ds: dict[str, Any], env: dict[str, str] | os._Environ
     return bool(value)
 
 
-def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
+def check_plan(cfg: Config, world_size: int, cuda: bool) -> list[str]:
     """Raise ConfigError (saying what to change) for an inconsistent launch; return warnings otherwise."""
     from qa.distributed.accelerator import load_deepspeed_config, resolve_precision, zero_stage
 
     env = os.environ
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
-    precision = resolve_precision(cfg.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
+    precision = resolve_precision(cfg.distributed.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
     _check_total_batch(cfg, world_size)
     _check_launcher_env(cfg, env)
     warnings: list[str] = []
-    sections = split_config(cfg)
+
     # batch, precision, clipping
-    ds = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=world_size, precision=precision)
+    ds = load_deepspeed_config(cfg.distributed, cfg.optimizer, cfg.batch, world_size=world_size, precision=precision)
     if ds is not None:
-        path = str(cfg.deepspeed)
+        path = str(cfg.distributed.deepspeed)
         _check_ds_values(cfg, _read_json(path), path)
         stage = zero_stage(ds)
         off_opt, off_param = _offload(ds)
         if stage == 3:
             if not _gathers_16bit_weights(ds, env):
-                needs = [w for w, on in (("the final export to output_dir/final (do_train)", cfg.do_train),
-                                         ("export_every_checkpoint", cfg.export_every_checkpoint)) if on]
+                needs = [w for w, on in (("the final export to output_dir/final (do_train)", cfg.run.do_train),
+                                         ("export_every_checkpoint", cfg.checkpoint.export_every_checkpoint)) if on]
                 if needs:
                     raise ConfigError(
                         f"deepspeed: {path} has zero_optimization.stage3_gather_16bit_weights_on_model_save "
                         f"false, but {' and '.join(needs)} needs the full weights gathered from the ZeRO-3 "
                         "shards; set it to true")
-            if cfg.resume_weights_only:
+            if cfg.checkpoint.resume_weights_only:
                 # Verified with deepspeed 0.19 / accelerate 1.15: load_state(load_module_only=True) under
                 # ZeRO-3 reads the empty parameter placeholders of mp_rank_00_model_states.pt and keeps the
                 # initial weights, silently (DeepSpeed gathers the real ones only with
@@ -214,7 +214,7 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
                     "the full state on the same world size (resume_weights_only: false), or start from an "
                     "exported model (model_name_or_path: <output_dir>/final, or a checkpoint's model/ "
                     "written by export_every_checkpoint)")
-            if cfg.torch_compile:
+            if cfg.model.torch_compile:
                 # Verified with torch 2.13 / deepspeed 0.19: compiling the model before DeepSpeed wraps it
                 # fails in ZeRO-3's forward pre-hook ('dict' object has no attribute '_in_forward'); see also
                 # pytorch/pytorch#115484.
@@ -231,7 +231,7 @@ def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
     if not cuda and world_size > 1:
         warnings.append(f"{world_size} CPU processes communicate over gloo: fine for tests, slow for "
                         "training")
-    if cfg.do_train and cfg.checkpointing_steps is None:
+    if cfg.run.do_train and cfg.schedule.checkpointing_steps is None:
         warnings.append("checkpointing_steps is null: only a preemption signal saves a checkpoint; a crash "
                         "or a node failure loses the run")
     return warnings
@@ -243,7 +243,7 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def check_launch(cfg: TrainConfig) -> None:
+def check_launch(cfg: Config) -> None:
     """Start-up check of the real launch (world size from the launcher's environment); warnings are logged."""
     import logging
     import sys

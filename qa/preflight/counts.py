@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qa.config import TrainConfig, split_config
+from qa.config import Config
 from qa.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ class DataCounts:
     eval_unknown: str = "unknown (needs the dataset)"
 
 
-def count_data(cfg: TrainConfig) -> DataCounts:
+def count_data(cfg: Config) -> DataCounts:
     """Examples and features exactly as the run builds them (same functions, same cache fingerprints)."""
     import datasets
 
@@ -38,15 +38,15 @@ def count_data(cfg: TrainConfig) -> DataCounts:
     datasets.disable_progress_bars()
     try:
         for split, want, data_file, max_samples in (
-                ("train", cfg.do_train, cfg.train_file, cfg.max_train_samples),
-                ("validation", cfg.do_eval, cfg.validation_file, cfg.max_eval_samples)):
+                ("train", cfg.run.do_train, cfg.data.train_file, cfg.data.max_train_samples),
+                ("validation", cfg.run.do_eval, cfg.data.validation_file, cfg.data.max_eval_samples)):
             if not want:
                 continue
             try:
                 examples = qa_formats.load_examples(
-                    dataset_name=cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
-                    data_file=data_file, split=split, skip_misaligned=cfg.skip_misaligned_answers,
-                    max_samples=max_samples, version_2_with_negative=cfg.version_2_with_negative)
+                    dataset_name=cfg.data.dataset_name, dataset_config_name=cfg.data.dataset_config_name,
+                    data_file=data_file, split=split, skip_misaligned=cfg.data.skip_misaligned_answers,
+                    max_samples=max_samples, version_2_with_negative=cfg.data.version_2_with_negative)
             except DataError:
                 raise  # bad data fails the dry run, exactly as it would fail the run
             except Exception as e:  # noqa: BLE001 - a hub dataset that is not cached, offline: several types
@@ -55,7 +55,7 @@ def count_data(cfg: TrainConfig) -> DataCounts:
             _set(counts, split, examples=len(examples))
             if tokenizer is None:
                 try:
-                    tokenizer = load_tokenizer(split_config(cfg).model)
+                    tokenizer = load_tokenizer(cfg.model)
                 except ConfigError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a hub tokenizer that is not cached, offline
@@ -64,9 +64,9 @@ def count_data(cfg: TrainConfig) -> DataCounts:
                     tokenizer = False
             if tokenizer is False:
                 continue
-            kwargs = {"max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride,
-                      "num_proc": cfg.preprocessing_num_workers, "overwrite_cache": cfg.overwrite_cache,
-                      "source": data_file or f"{cfg.dataset_name}:{split}"}
+            kwargs = {"max_seq_length": cfg.data.max_seq_length, "doc_stride": cfg.data.doc_stride,
+                      "num_proc": cfg.data.preprocessing_num_workers, "overwrite_cache": cfg.data.overwrite_cache,
+                      "source": data_file or f"{cfg.data.dataset_name}:{split}"}
             build = qa_features.build_train_features if split == "train" else qa_features.build_eval_features
             _set(counts, split, features=len(build(examples, tokenizer, **kwargs)))
     finally:
@@ -103,13 +103,13 @@ class Schedule:
         return [s for s in self.epoch_ends() if s // self.steps_per_epoch < self.epochs]
 
 
-def training_schedule(cfg: TrainConfig, train_features: int, world_size: int) -> Schedule:
+def training_schedule(cfg: Config, train_features: int, world_size: int) -> Schedule:
     """Optimizer steps as qa.trainer.setup computes them (whole global batches per step, the remainder dropped)."""
     from qa.data.sampler import check_fills_one_step
 
-    global_batch = cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps
+    global_batch = cfg.batch.per_device_train_batch_size * world_size * cfg.batch.gradient_accumulation_steps
     per_epoch = train_features // global_batch
-    check_fills_one_step(train_features, cfg.per_device_train_batch_size, world_size,
-                         cfg.gradient_accumulation_steps)
-    total, epochs = split_config(cfg).loop.total_steps(per_epoch)
+    check_fills_one_step(train_features, cfg.batch.per_device_train_batch_size, world_size,
+                         cfg.batch.gradient_accumulation_steps)
+    total, epochs = cfg.schedule.total_steps(per_epoch)
     return Schedule(global_batch=global_batch, steps_per_epoch=per_epoch, total_steps=total, epochs=epochs)

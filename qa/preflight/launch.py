@@ -11,24 +11,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qa.config import TrainConfig, load_config
+from qa.checkpoint.output_dir import check_output_dir
+from qa.config import Config
 from qa.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError
 from qa.preflight.checks import ACCELERATE_CONFIGS
-from qa.trainer.output_dir import check_output_dir
+from qa.preflight.config_checks import load_and_check, output_dir_use
 
 # ---------------------------------------------------------------------------------------------------------
 # launch/ script helper (it runs before every launch)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def accelerate_config_for(cfg: TrainConfig, nproc: int, gpu: bool) -> str:
+def accelerate_config_for(cfg: Config, nproc: int, gpu: bool) -> str:
     """The configs/accelerate/ YAML a one-machine launch of ``cfg`` should use ("" when none applies)."""
-    if not gpu or cfg.deepspeed is None:
+    if not gpu or cfg.distributed.deepspeed is None:
         return ""
     if nproc == 1:
         return str(ACCELERATE_CONFIGS / "1gpu.yaml")
     try:
-        z = json.loads(Path(cfg.deepspeed).read_text()).get("zero_optimization", {})
+        z = json.loads(Path(cfg.distributed.deepspeed).read_text()).get("zero_optimization", {})
     except (OSError, json.JSONDecodeError):
         z = {}
     offloaded = any(z.get(k, {}).get("device", "none") != "none"
@@ -39,9 +40,9 @@ def accelerate_config_for(cfg: TrainConfig, nproc: int, gpu: bool) -> str:
 
 
 def launch_info(argv: Sequence[str], *, nproc: int, gpu: bool) -> dict[str, str]:
-    cfg = load_config(argv, check_files=False)
-    check_output_dir(cfg)  # another run's output_dir: exit 2 here rather than 1 from inside the launcher
-    return {"output_dir": cfg.output_dir, "deepspeed": cfg.deepspeed or "",
+    cfg = load_and_check(argv, check_files=False)
+    check_output_dir(output_dir_use(cfg))  # another run's output_dir: exit 2 here rather than 1 from inside the launcher
+    return {"output_dir": cfg.run.output_dir, "deepspeed": cfg.distributed.deepspeed or "",
             "accelerate_config": accelerate_config_for(cfg, nproc, gpu),
             # The exit codes the scripts act on, from the one place they are defined (qa/errors.py).
             "exit_preempted": str(EXIT_PREEMPTED), "exit_interrupted": str(EXIT_INTERRUPTED)}

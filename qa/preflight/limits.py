@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from qa.config import TrainConfig
+from qa.config import Config
 from qa.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def tokenizer_limit(tokenizer: Any) -> int | None:
     return n if isinstance(n, int) and 0 < n < _NO_TOKENIZER_LIMIT else None
 
 
-def check_max_seq_length(cfg: TrainConfig, model_config: Any, tokenizer: Any) -> None:
+def check_max_seq_length(cfg: Config, model_config: Any, tokenizer: Any) -> None:
     """Raise ConfigError naming max_seq_length and the limit when the windows would not fit."""
     limits: list[tuple[int, str]] = []
     pos = position_limit(model_config) if model_config is not None else None
@@ -59,23 +59,23 @@ def check_max_seq_length(cfg: TrainConfig, model_config: Any, tokenizer: Any) ->
     if not limits:
         return
     limit, why = min(limits)
-    if cfg.max_seq_length > limit:
-        name = (cfg.tokenizer_name or cfg.model_name_or_path) if "tokenizer" in why else cfg.model_name_or_path
-        raise ConfigError(f"max_seq_length: {cfg.max_seq_length} is more than {name} allows ({limit}: {why}); "
+    if cfg.data.max_seq_length > limit:
+        name = (cfg.model.tokenizer_name or cfg.model.model_name_or_path) if "tokenizer" in why else cfg.model.model_name_or_path
+        raise ConfigError(f"max_seq_length: {cfg.data.max_seq_length} is more than {name} allows ({limit}: {why}); "
                           f"set --max_seq_length {limit} or less")
 
 
-def check_sequence_length(cfg: TrainConfig) -> None:
+def check_sequence_length(cfg: Config) -> None:
     """Start-up and dry-run check; a model or tokenizer that cannot be read here is left to the real load."""
     from transformers import AutoConfig, AutoTokenizer
 
     model_config = tokenizer = None
     try:
-        model_config = AutoConfig.from_pretrained(cfg.model_name_or_path)
+        model_config = AutoConfig.from_pretrained(cfg.model.model_name_or_path)
     except Exception as e:  # noqa: BLE001 - offline hub names, typos: the model load reports them
-        logger.debug("max_seq_length check: no model config for %s (%s)", cfg.model_name_or_path, e)
+        logger.debug("max_seq_length check: no model config for %s (%s)", cfg.model.model_name_or_path, e)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name or cfg.model_name_or_path, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_name or cfg.model.model_name_or_path, use_fast=True)
     except Exception as e:  # noqa: BLE001 - likewise reported by the real load
-        logger.debug("max_seq_length check: no tokenizer for %s (%s)", cfg.model_name_or_path, e)
+        logger.debug("max_seq_length check: no tokenizer for %s (%s)", cfg.model.model_name_or_path, e)
     check_max_seq_length(cfg, model_config, tokenizer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qa.config import TrainConfig
+from qa.config import Config
 from qa.errors import ConfigError
 
 GIB = 1024**3
@@ -87,12 +87,12 @@ def count_parameters_from_config(config: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_parameters(cfg: TrainConfig) -> tuple[int | None, str]:
+def count_parameters(cfg: Config) -> tuple[int | None, str]:
     """(parameter count, model class) or (None, why it is unknown): needs only the model's config.json."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(cfg.model_name_or_path)
+        config = AutoConfig.from_pretrained(cfg.model.model_name_or_path)
     except Exception as e:  # noqa: BLE001 - offline hub names raise several types; the plan says so
         return None, f"unknown (needs the model config; {type(e).__name__})"
     from transformers import AutoModelForQuestionAnswering
@@ -100,6 +100,6 @@ def count_parameters(cfg: TrainConfig) -> tuple[int | None, str]:
     try:
         cls = AutoModelForQuestionAnswering._model_mapping[type(config)].__name__
     except KeyError:
-        raise ConfigError(f"model_name_or_path: {cfg.model_name_or_path} ({type(config).__name__}) has no "
+        raise ConfigError(f"model_name_or_path: {cfg.model.model_name_or_path} ({type(config).__name__}) has no "
                           "question-answering head in transformers") from None
     return count_parameters_from_config(config), cls

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from qa.config import TrainConfig
+from qa.config import Config
 from qa.errors import ConfigError
 
 _MPI_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # accelerate's mpirun path
@@ -56,13 +56,13 @@ def requested_processes(env: Mapping[str, str], launcher_argv: Sequence[str] | N
     return 0 if "MASTER_ADDR" in env and "MASTER_PORT" in env else None
 
 
-def check_process_count(cfg: TrainConfig, env: Mapping[str, str], argv: Sequence[str],
+def check_process_count(cfg: Config, env: Mapping[str, str], argv: Sequence[str],
                         launcher_argv: Sequence[str] | None) -> None:
     n = requested_processes(env, launcher_argv)
     if n is None:
         return
     count = str(n) if n else "N"
-    flags = (f"--use_deepspeed --deepspeed_config_file {cfg.deepspeed}" if cfg.deepspeed else "--multi_gpu")
+    flags = (f"--use_deepspeed --deepspeed_config_file {cfg.distributed.deepspeed}" if cfg.distributed.deepspeed else "--multi_gpu")
     script = shlex.join(argv)
     raise ConfigError(
         f"accelerate launch was asked for {count} processes but started this one alone: without --use_deepspeed "

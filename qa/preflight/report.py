@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from qa.config import TrainConfig, split_config
+from qa.config import Config
+from qa.lifecycle.ops import describe_ops
 from qa.preflight.checks import _gathers_16bit_weights, _offload, _rank, check_plan
 from qa.preflight.counts import Schedule, count_data, training_schedule
 from qa.preflight.memory import GIB, count_parameters, estimate_memory
-from qa.preflight.ops import describe_ops
 from qa.tracking.wandb_sink import default_mode
 
 # ---------------------------------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def _wandb_mode(env: dict[str, str] | os._Environ) -> str:
 class _Facts:
     """What the report is about, resolved once: every section reads these."""
 
-    cfg: TrainConfig
+    cfg: Config
     world_size: int
     cuda: bool
     precision: str
@@ -84,7 +84,7 @@ class _Lines(list):
         self.append(f"  {key:<20} {value}")
 
 
-def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool | None = None) -> str:
+def describe_plan(cfg: Config, *, world_size: int | None = None, cuda: bool | None = None) -> str:
     """The resolved plan as text; "" on every rank but 0, so a launched dry run prints it once."""
     if _rank() != 0:
         return ""
@@ -94,14 +94,14 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
 
     world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    precision = resolve_precision(cfg.mixed_precision, cuda)
-    sections = split_config(cfg)
-    ds = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=world_size, precision=precision)
+    precision = resolve_precision(cfg.distributed.mixed_precision, cuda)
+
+    ds = load_deepspeed_config(cfg.distributed, cfg.optimizer, cfg.batch, world_size=world_size, precision=precision)
     off_opt, off_param = _offload(ds)
     num_params, model_class = count_parameters(cfg)
     f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, ds=ds, stage=zero_stage(ds),
                off_opt=off_opt, off_param=off_param, num_params=num_params, model_class=model_class,
-               counts=count_data(cfg), run_name=cfg.resolved_run_name, warnings=check_plan(cfg, world_size, cuda))
+               counts=count_data(cfg), run_name=cfg.run.resolved_run_name, warnings=check_plan(cfg, world_size, cuda))
     lines = _Lines([f"Dry run for run '{f.run_name}': nothing is trained, no weights are loaded, nothing is "
                     "written to output_dir."])
     _launch(f, lines)
@@ -125,14 +125,14 @@ def _launch(f: _Facts, lines: _Lines) -> None:
                                                       " (WORLD_SIZE unset; set it to plan another launch)"))
     lines.row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
     prec_note = ""
-    if cfg.mixed_precision == "auto":
+    if cfg.distributed.mixed_precision == "auto":
         prec_note = " (mixed_precision: auto" + ("" if cuda else "; fp16 when launched on GPUs") + ")"
     lines.row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
         + prec_note)
     if ds is None:
         lines.row("distribution", "DDP (deepspeed: null), no ZeRO sharding")
     else:
-        lines.row("distribution", f"DeepSpeed ZeRO-{stage} from {cfg.deepspeed} (the run config's JSON wins over "
+        lines.row("distribution", f"DeepSpeed ZeRO-{stage} from {cfg.distributed.deepspeed} (the run config's JSON wins over "
                             "the accelerate config's)")
         lines.row("offload", f"optimizer states -> {off_opt}, parameters -> {off_param}")
         if stage == 3:
@@ -140,7 +140,7 @@ def _launch(f: _Facts, lines: _Lines) -> None:
             lines.row("ZeRO-3", f"16-bit weights gathered for save_pretrained: "
                 f"{'yes' if _gathers_16bit_weights(ds, os.environ) else 'no'}; weights partitioned while "
                 f"loading (zero3_init_flag of the accelerate config): {'yes' if init else 'no'}")
-    if cfg.torch_compile:
+    if cfg.model.torch_compile:
         lines.row("torch.compile", "on")
     lines.row("DeepSpeed ops", describe_ops(ds, cuda))  # a JIT build delays the first step by minutes
 
@@ -148,18 +148,18 @@ def _launch(f: _Facts, lines: _Lines) -> None:
 def _model(f: _Facts, lines: _Lines) -> None:
     cfg, num_params, model_class = f.cfg, f.num_params, f.model_class
     lines.section("model")
-    lines.row("model", f"{cfg.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))
+    lines.row("model", f"{cfg.model.model_name_or_path}" + (f" ({model_class})" if num_params is not None else ""))
     lines.row("parameters", f"{num_params:,} (Ψ)" if num_params is not None else model_class)
-    lines.row("attention", str(cfg.attn_implementation or "model default"))
+    lines.row("attention", str(cfg.model.attn_implementation or "model default"))
 
 
 def _data(f: _Facts, lines: _Lines) -> None:
     cfg, world_size, counts = f.cfg, f.world_size, f.counts
     lines.section("data")
     for key, want, src, n_ex, n_feat, unknown in (
-            ("train", cfg.do_train, cfg.train_file or f"{cfg.dataset_name} train", counts.train_examples,
+            ("train", cfg.run.do_train, cfg.data.train_file or f"{cfg.data.dataset_name} train", counts.train_examples,
              counts.train_features, counts.train_unknown),
-            ("eval", cfg.do_eval, cfg.validation_file or f"{cfg.dataset_name} validation",
+            ("eval", cfg.run.do_eval, cfg.data.validation_file or f"{cfg.data.dataset_name} validation",
              counts.eval_examples, counts.eval_features, counts.eval_unknown)):
         if not want:
             continue
@@ -168,55 +168,55 @@ def _data(f: _Facts, lines: _Lines) -> None:
             lines.row(key, f"{src}: {known}{unknown}")
         else:
             lines.row(key, f"{src}: {_int(n_ex)} examples -> {_int(n_feat)} features")
-    lines.row("windows", f"max_seq_length {cfg.max_seq_length}, doc_stride {cfg.doc_stride}"
-        + (", SQuAD v2 (unanswerable questions)" if cfg.version_2_with_negative else ""))
+    lines.row("windows", f"max_seq_length {cfg.data.max_seq_length}, doc_stride {cfg.data.doc_stride}"
+        + (", SQuAD v2 (unanswerable questions)" if cfg.data.version_2_with_negative else ""))
 
     lines.section("batch")
-    micro, acc = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    micro, acc = cfg.batch.per_device_train_batch_size, cfg.batch.gradient_accumulation_steps
     global_batch = micro * world_size * acc
-    lines.row("per device", f"{micro} train, {cfg.per_device_eval_batch_size} eval")
+    lines.row("per device", f"{micro} train, {cfg.eval.per_device_eval_batch_size} eval")
     lines.row("accumulation", f"{acc} micro-batch(es) per optimizer step")
     lines.row("global batch", f"{global_batch} = {micro} per device x {world_size} process(es) x {acc} accumulation"
-        + ("" if cfg.total_train_batch_size is None else " (= total_train_batch_size)"))
+        + ("" if cfg.batch.total_train_batch_size is None else " (= total_train_batch_size)"))
 
 
 def _schedule(f: _Facts, lines: _Lines) -> None:
     cfg, world_size, counts, warnings = f.cfg, f.world_size, f.counts, f.warnings
-    global_batch = cfg.per_device_train_batch_size * world_size * cfg.gradient_accumulation_steps
+    global_batch = cfg.batch.per_device_train_batch_size * world_size * cfg.batch.gradient_accumulation_steps
     lines.section("schedule")
     sched: Schedule | None = None
-    if cfg.do_train and counts.train_features is not None:
+    if cfg.run.do_train and counts.train_features is not None:
         sched = training_schedule(cfg, counts.train_features, world_size)
         lines.row("steps per epoch", f"{sched.steps_per_epoch:,} ({counts.train_features:,} features // "
                                f"{global_batch}; the remainder is dropped)")
-        why = " (max_train_steps)" if cfg.max_train_steps is not None \
-            else f" (num_train_epochs {cfg.num_train_epochs:g})"
+        why = " (max_train_steps)" if cfg.schedule.max_train_steps is not None \
+            else f" (num_train_epochs {cfg.schedule.num_train_epochs:g})"
         lines.row("optimizer steps", f"{sched.total_steps:,} over {sched.epochs} epoch(s){why}")
-    elif cfg.do_train:
+    elif cfg.run.do_train:
         lines.row("optimizer steps", f"unknown (needs the dataset): features // {global_batch} per epoch x "
-                               f"{cfg.num_train_epochs:g} epoch(s)" if cfg.max_train_steps is None
-            else f"{cfg.max_train_steps:,} (max_train_steps)")
+                               f"{cfg.schedule.num_train_epochs:g} epoch(s)" if cfg.schedule.max_train_steps is None
+            else f"{cfg.schedule.max_train_steps:,} (max_train_steps)")
     else:
         lines.row("optimizer steps", "0 (do_train: false)")
-    if cfg.do_train:
+    if cfg.run.do_train:
         from qa.model.optim import warmup_steps
 
-        total = sched.total_steps if sched else cfg.max_train_steps
-        if total is None and cfg.warmup_ratio > 0:
-            warm_text = f"warmup_ratio {cfg.warmup_ratio:g} of the (unknown) optimizer steps"
+        total = sched.total_steps if sched else cfg.schedule.max_train_steps
+        if total is None and cfg.optimizer.warmup_ratio > 0:
+            warm_text = f"warmup_ratio {cfg.optimizer.warmup_ratio:g} of the (unknown) optimizer steps"
         else:
-            warm = warmup_steps(split_config(cfg).optimizer, total or 0)
+            warm = warmup_steps(cfg.optimizer, total or 0)
             frac = f" ({warm / total:.1%} of the run)" if total else ""
             warm_text = f"{warm:,} warmup step(s){frac}"
             if total is not None and warm > total:
                 warnings.append(f"num_warmup_steps ({warm}) is more than the {total} optimizer steps")
-        lines.row("learning rate", f"{cfg.learning_rate:g}, {cfg.lr_scheduler_type} schedule, {warm_text}")
+        lines.row("learning rate", f"{cfg.optimizer.learning_rate:g}, {cfg.optimizer.lr_scheduler_type} schedule, {warm_text}")
     lines.row("evaluation", _eval_line(cfg, sched))
     lines.row("checkpoints", _checkpoint_line(cfg, sched))
-    lines.row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption_grace_seconds:g}s, write "
+    lines.row("preemption", f"SIGTERM/SIGUSR1 -> checkpoint within {cfg.preemption.preemption_grace_seconds:g}s, write "
                       "output_dir/PREEMPTED, exit 42 (launch/ scripts requeue); Ctrl-C -> checkpoint, exit 130")
     lines.row("resume", _resume_line(cfg))
-    lines.row("logging", f"every {cfg.logging_steps} step(s)")
+    lines.row("logging", f"every {cfg.schedule.logging_steps} step(s)")
 
 
 def _memory(f: _Facts, lines: _Lines) -> None:
@@ -249,7 +249,7 @@ def _memory(f: _Facts, lines: _Lines) -> None:
         lines.row("other stages", ", ".join(others) + " (no offload)")
     else:
         lines.row("total", "unknown (needs the model config for Ψ)")
-    if not cuda and cfg.mixed_precision == "auto" and num_params is not None and ds is not None:
+    if not cuda and cfg.distributed.mixed_precision == "auto" and num_params is not None and ds is not None:
         gpu_est = estimate_memory(num_params, stage=stage, world_size=n, mixed_precision_states=True,
                                   offload_optimizer=off_opt != "none", offload_params=off_param != "none")
         lines.row("on GPUs (fp16)", f"{format_bytes(gpu_est.gpu_total)}: mixed_precision auto means fp16 there")
@@ -261,35 +261,35 @@ def _memory(f: _Facts, lines: _Lines) -> None:
 def _outputs(f: _Facts, lines: _Lines) -> None:
     cfg, run_name = f.cfg, f.run_name
     lines.section("outputs")
-    lines.row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl on rank 0's node; each node's "
+    lines.row("output_dir", f"{cfg.run.output_dir} (run_config.yaml, metrics.jsonl on rank 0's node; each node's "
               "checkpoint files on its own; multi-node without s3_uri: a filesystem all nodes share)")
-    lines.row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
-    if cfg.do_train:
-        lines.row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")
-    if cfg.s3_uri:
-        base = f"{cfg.s3_uri.rstrip('/')}/{run_name}"
-        lines.row("S3", f"{base}/checkpoints/step_NNNNNNN/" + (f", {base}/final/" if cfg.do_train else "")
-            + (f" (SSE {cfg.s3_sse})" if cfg.s3_sse else ""))
+    lines.row("checkpoints", f"{cfg.run.output_dir}/checkpoints/step_NNNNNNN/")
+    if cfg.run.do_train:
+        lines.row("final model", f"{cfg.run.output_dir}/final/ (save_pretrained + tokenizer)")
+    if cfg.storage.s3_uri:
+        base = f"{cfg.storage.s3_uri.rstrip('/')}/{run_name}"
+        lines.row("S3", f"{base}/checkpoints/step_NNNNNNN/" + (f", {base}/final/" if cfg.run.do_train else "")
+            + (f" (SSE {cfg.storage.s3_sse})" if cfg.storage.s3_sse else ""))
     else:
         lines.row("S3", "none (s3_uri not set)")
-    if cfg.report_to == "wandb":
-        lines.row("W&B", f"project {cfg.wandb_project}, entity {cfg.wandb_entity or '(default)'}, group "
-                   f"{cfg.wandb_group or run_name}, run {run_name}; {_wandb_mode(os.environ)}")
+    if cfg.tracking.report_to == "wandb":
+        lines.row("W&B", f"project {cfg.tracking.wandb_project}, entity {cfg.tracking.wandb_entity or '(default)'}, group "
+                   f"{cfg.tracking.wandb_group or run_name}, run {run_name}; {_wandb_mode(os.environ)}")
     else:
         lines.row("W&B", "off (report_to: none); console and metrics.jsonl only")
 
 
-def _eval_line(cfg: TrainConfig, sched: Schedule | None) -> str:
-    if not cfg.do_eval:
+def _eval_line(cfg: Config, sched: Schedule | None) -> str:
+    if not cfg.run.do_eval:
         return "off (do_eval: false)"
-    parts = ["before training"] if cfg.eval_before_training else []
-    if cfg.do_train:
-        if cfg.eval_strategy == "steps" and cfg.eval_steps:
+    parts = ["before training"] if cfg.eval.eval_before_training else []
+    if cfg.run.do_train:
+        if cfg.schedule.eval_strategy == "steps" and cfg.schedule.eval_steps:
             # the last step is not evaluated twice: the final evaluation follows it
-            steps = _steps([s for s in _every(sched.total_steps, cfg.eval_steps) if s < sched.total_steps]) \
+            steps = _steps([s for s in _every(sched.total_steps, cfg.schedule.eval_steps) if s < sched.total_steps]) \
                 if sched else "unknown"
-            parts.append(f"every {cfg.eval_steps} steps (steps {steps})")
-        elif cfg.eval_strategy == "epoch":
+            parts.append(f"every {cfg.schedule.eval_steps} steps (steps {steps})")
+        elif cfg.schedule.eval_strategy == "epoch":
             steps = _steps(sched.epoch_evaluations()) if sched else "unknown"
             parts.append(f"at the end of each epoch but the last (steps {steps})")
         parts.append("after training (final metrics)")
@@ -298,10 +298,10 @@ def _eval_line(cfg: TrainConfig, sched: Schedule | None) -> str:
     return "; ".join(parts)
 
 
-def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
-    if not cfg.do_train:
+def _checkpoint_line(cfg: Config, sched: Schedule | None) -> str:
+    if not cfg.run.do_train:
         return "none (do_train: false)"
-    c = cfg.checkpointing_steps
+    c = cfg.schedule.checkpointing_steps
     if c is None:
         what = "no periodic checkpoints (checkpointing_steps: null)"
     elif c == "epoch":
@@ -309,18 +309,18 @@ def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
         what = f"at the end of each epoch (steps {steps})"
     else:
         what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
-    keep = "all kept" if cfg.save_total_limit is None else f"newest {cfg.save_total_limit} kept"
-    export = "; each also exported to model/" if cfg.export_every_checkpoint else ""
+    keep = "all kept" if cfg.checkpoint.save_total_limit is None else f"newest {cfg.checkpoint.save_total_limit} kept"
+    export = "; each also exported to model/" if cfg.checkpoint.export_every_checkpoint else ""
     return f"{what}; {keep}{export}"
 
 
-def _resume_line(cfg: TrainConfig) -> str:
-    r = cfg.resume_from_checkpoint
-    mode = " (weights only)" if cfg.resume_weights_only \
+def _resume_line(cfg: Config) -> str:
+    r = cfg.checkpoint.resume_from_checkpoint
+    mode = " (weights only)" if cfg.checkpoint.resume_weights_only \
         else " (model, optimizer, schedule, RNG, data position)"
     if r is None:
         return "start fresh (resume_from_checkpoint: null)"
     if r == "auto":
-        where = " else the newest in S3" if cfg.s3_uri else ""
-        return f"auto: newest complete checkpoint in {cfg.output_dir}/checkpoints{where}, else fresh{mode}"
+        where = " else the newest in S3" if cfg.storage.s3_uri else ""
+        return f"auto: newest complete checkpoint in {cfg.run.output_dir}/checkpoints{where}, else fresh{mode}"
     return f"from {r}{mode}"

@@ -89,13 +89,13 @@ class Tracker:
     """
 
     @classmethod
-    def from_settings(cls, accelerator: Accelerator, settings: TrackingSettings, *,
-                      config: Mapping[str, Any] | None = None, resume_run_id: str | None = None,
-                      console: Callable[[str], None] | None = None) -> Tracker:
+    def from_settings(cls, accelerator: Accelerator, settings: TrackingSettings, *, output_dir: str,
+                      run_name: str, group: str, config: Mapping[str, Any] | None = None,
+                      resume_run_id: str | None = None, console: Callable[[str], None] | None = None) -> Tracker:
         """Collective: every rank calls it. The tracker of the run config's tracking section."""
-        return cls(accelerator, output_dir=settings.output_dir, report_to=settings.report_to,
-                   project=settings.project, entity=settings.entity, run_name=settings.run_name,
-                   tags=settings.tags, group=settings.group, config=config, resume_run_id=resume_run_id,
+        return cls(accelerator, output_dir=output_dir, report_to=settings.report_to,
+                   project=settings.wandb_project, entity=settings.wandb_entity, run_name=run_name,
+                   tags=settings.wandb_tags, group=group, config=config, resume_run_id=resume_run_id,
                    console=console)
 
     def __init__(

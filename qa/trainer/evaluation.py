@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 
+from qa.config import Config
 from qa.distributed.gather import GatheredLogits, gather_eval_logits
 from qa.distributed.rank_zero import on_rank_zero
 from qa.eval.evaluator import EvalOutcome, decode_and_score
 from qa.eval.outputs import save_eval_arrays, write_eval_outputs
-from qa.eval.settings import EvalSettings
 from qa.eval.squad_metrics import normalize_answer
 from qa.trainer.parts import EvalSet, Model, Session
 
@@ -27,7 +28,7 @@ T = TypeVar("T")
 
 
 def gather_then_on_rank_zero(accelerator: Accelerator, model: Model, features: datasets.Dataset,
-                             settings: EvalSettings, on_rank0: Callable[[GatheredLogits], T]) -> T:
+                             cfg: Config, on_rank0: Callable[[GatheredLogits], T]) -> T:
     """Collective: every rank calls it. Forward every window on its rank, gather the logits to rank 0, run
     ``on_rank0`` there (decode, score, write) and return its result on every rank.
 
@@ -39,8 +40,8 @@ def gather_then_on_rank_zero(accelerator: Accelerator, model: Model, features: d
         gathered = gather_eval_logits(
             accelerator, model.module, features,
             input_names=[k for k in model.eval_input_names if k in features.column_names],
-            collate_fn=model.collator, batch_size=settings.batch_size, seq_len=settings.max_seq_length,
-            num_workers=0, generator=torch.Generator().manual_seed(settings.seed))
+            collate_fn=model.collator, batch_size=cfg.eval.per_device_eval_batch_size, seq_len=cfg.data.max_seq_length,
+            num_workers=0, generator=torch.Generator().manual_seed(cfg.run.seed))
     except Exception as e:  # noqa: BLE001 - the coverage check fails on rank 0 after the last collective
         if not accelerator.is_main_process:
             raise
@@ -55,7 +56,7 @@ def gather_then_on_rank_zero(accelerator: Accelerator, model: Model, features: d
     return on_rank_zero(accelerator, rank0)
 
 
-def evaluate(session: Session, model: Model, eval_set: EvalSet, settings: EvalSettings, *,
+def evaluate(session: Session, model: Model, eval_set: EvalSet, cfg: Config, *,
              tag: str = "eval") -> dict[str, float]:
     """Collective: every rank calls it. Forward on every rank, gather to rank 0, decode + score + write there.
 
@@ -63,8 +64,8 @@ def evaluate(session: Session, model: Model, eval_set: EvalSet, settings: EvalSe
     """
     t0 = time.perf_counter()
     payload = gather_then_on_rank_zero(
-        session.accelerator, model, eval_set.features, settings,
-        lambda gathered: _decode_score_write(eval_set, settings, gathered, tag, t0))
+        session.accelerator, model, eval_set.features, cfg,
+        lambda gathered: _decode_score_write(eval_set, cfg, gathered, tag, t0))
     metrics, table = payload["metrics"], payload["table"]
     step = session.state.global_step
     session.tracker.log(metrics, step=step)
@@ -80,22 +81,22 @@ def evaluate(session: Session, model: Model, eval_set: EvalSet, settings: EvalSe
     return metrics
 
 
-def _decode_score_write(eval_set: EvalSet, settings: EvalSettings, gathered: GatheredLogits, tag: str,
+def _decode_score_write(eval_set: EvalSet, cfg: Config, gathered: GatheredLogits, tag: str,
                         t0: float) -> dict[str, Any]:
     """Rank 0: decode, score, write outputs; returns what every rank gets."""
     assert eval_set.arrays is not None
-    decode = settings.decode
+    decode = cfg.decode
     outcome = decode_and_score(eval_set.examples, eval_set.arrays, gathered.start_logits, gathered.end_logits,
                                **decode.as_kwargs())
-    write_eval_outputs(settings.output_dir, outcome, version_2_with_negative=decode.version_2_with_negative)
-    if settings.save_logits:
-        save_eval_arrays(settings.output_dir, eval_set.examples, eval_set.arrays,
+    write_eval_outputs(Path(cfg.run.output_dir), outcome, version_2_with_negative=decode.version_2_with_negative)
+    if cfg.eval.save_logits:
+        save_eval_arrays(Path(cfg.run.output_dir), eval_set.examples, eval_set.arrays,
                          gathered.start_logits, gathered.end_logits)
     metrics = {f"{tag}/{k}": float(v) for k, v in outcome.metrics.items()}
     for k, v in {**gathered.timings, **outcome.timings}.items():
         metrics[f"{tag}/time_{k}"] = float(v)
     metrics[f"{tag}/time_total_s"] = time.perf_counter() - t0
-    return {"metrics": metrics, "table": sample_table(eval_set, outcome, settings.sample_table_size)}
+    return {"metrics": metrics, "table": sample_table(eval_set, outcome, cfg.eval.eval_sample_table_size)}
 
 
 def sample_table(eval_set: EvalSet, outcome: EvalOutcome, k: int) -> tuple[list[str], list[list[Any]]] | None:

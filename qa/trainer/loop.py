@@ -1,7 +1,7 @@
 """The training loop: steps, logging, periodic evaluation and checkpoints, preemption.
 
 :class:`Trainer` holds the typed parts set-up built (``qa.trainer.parts``) and the loop's own config section;
-when to log, evaluate and checkpoint is decided by :func:`step_events`, a pure function tested on its own.
+when to log, evaluate and checkpoint is decided by ``qa.schedule.events``, pure functions tested on their own.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import torch
 from tqdm.auto import tqdm
 
 from qa.checkpoint.state import step_name
-from qa.eval.settings import EvalSettings
+from qa.config import Config
+from qa.lifecycle import startup
+from qa.lifecycle.preemption import write_marker
 from qa.model.loss import padding_invariant_qa_loss
-from qa.trainer import startup
+from qa.schedule.events import CHECKPOINT, EVAL, LOG, epoch_events, step_events
 from qa.trainer.evaluation import evaluate
 from qa.trainer.export import export_model
 from qa.trainer.parts import Data, Model, Session, StepPlan
 from qa.trainer.perf import gpu_peak_tflops, model_shape, peak_memory_gb, train_flops
-from qa.trainer.preemption import write_marker
-from qa.trainer.settings import LoopSettings
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -33,24 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COMPLETED, PREEMPTED, INTERRUPTED = "completed", "preempted", "interrupted"
-LOG, EVAL, CHECKPOINT = "log", "eval", "checkpoint"
-
-
-def step_events(step: int, total: int, settings: LoopSettings) -> set[str]:
-    """What happens after optimizer step ``step`` of ``total``: log, evaluate (steps strategy), checkpoint.
-
-    The end of training is always logged; its evaluation is the final one (train.py), so no step
-    evaluation runs there. Epoch-end events are decided by the loop itself.
-    """
-    events = set()
-    if step % settings.logging_steps == 0 or step == total:
-        events.add(LOG)
-    if (settings.do_eval and settings.eval_strategy == "steps" and settings.eval_steps
-            and step % settings.eval_steps == 0 and step < total):
-        events.add(EVAL)
-    if isinstance(settings.checkpointing_steps, int) and step % settings.checkpointing_steps == 0:
-        events.add(CHECKPOINT)
-    return events
 
 
 class _Meter:
@@ -81,11 +63,10 @@ def _model_inputs(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str,
 class Trainer:
     """Runs the optimizer steps of one run. Every method is collective: all ranks call it in step."""
 
-    def __init__(self, session: Session, model: Model, data: Data, settings: LoopSettings,
-                 eval_settings: EvalSettings) -> None:
+    def __init__(self, session: Session, model: Model, data: Data, cfg: Config) -> None:
         assert model.plan is not None, "an evaluation-only model has nothing to train"
         self.session, self.model, self.data = session, model, data
-        self.settings, self.eval_settings = settings, eval_settings
+        self.cfg = cfg
         self.plan: StepPlan = model.plan
         self._t_start = time.perf_counter()
         self._train_time_before = 0.0
@@ -95,7 +76,8 @@ class Trainer:
 
     def train(self) -> str:
         """Train from ``session.state`` to the end (or until a signal). Returns COMPLETED, PREEMPTED or INTERRUPTED."""
-        acc, st, loop, plan = self.session.accelerator, self.session.state, self.settings, self.plan
+        acc, st, plan = self.session.accelerator, self.session.state, self.plan
+        schedule, do_eval = self.cfg.schedule, self.cfg.run.do_eval
         module, optimizer, scheduler = self.model.module, self.model.optimizer, self.model.scheduler
         meter = _Meter()
         shape = model_shape(acc.unwrap_model(module))
@@ -122,7 +104,7 @@ class Trainer:
                     acc.backward(loss)
                     grad_norm = None
                     if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(module.parameters(), loop.max_grad_norm)
+                        grad_norm = acc.clip_grad_norm_(module.parameters(), self.cfg.optimizer.max_grad_norm)
                     optimizer.step()
                     if acc.sync_gradients and not acc.optimizer_step_was_skipped:
                         scheduler.step()  # an fp16 overflow step must not eat warmup
@@ -136,7 +118,7 @@ class Trainer:
                 if acc.optimizer_step_was_skipped:
                     st.skipped_steps += 1
                 bar.update(1)
-                events = step_events(st.global_step, plan.total_steps, loop)
+                events = step_events(st.global_step, plan.total_steps, schedule, do_eval=do_eval)
                 if LOG in events:
                     self._log_train(meter, grad_norm, shape, peak)
                 if EVAL in events:
@@ -151,10 +133,11 @@ class Trainer:
             if st.steps_in_epoch >= plan.steps_per_epoch:  # the epoch ran to its end
                 st.epoch += 1
                 st.steps_in_epoch = 0
-                if loop.checkpointing_steps == "epoch":
+                at_end = epoch_events(st.epoch, plan.num_epochs, schedule, do_eval=do_eval)
+                if CHECKPOINT in at_end:
                     st.train_time_s = self._elapsed()
                     self.save_checkpoint()
-                if loop.do_eval and loop.eval_strategy == "epoch" and st.epoch < plan.num_epochs:
+                if EVAL in at_end:
                     self.evaluate()
         bar.close()
         st.train_time_s = self._elapsed()
@@ -162,23 +145,23 @@ class Trainer:
 
     def evaluate(self) -> None:
         if self.data.eval is not None:
-            evaluate(self.session, self.model, self.data.eval, self.eval_settings, tag="eval")
+            evaluate(self.session, self.model, self.data.eval, self.cfg, tag="eval")
         self.model.module.train()
 
     def save_checkpoint(self) -> None:
         export = None
-        if self.settings.export_every_checkpoint:
+        if self.cfg.checkpoint.export_every_checkpoint:
             def export(dest: Path) -> None:
                 export_model(self.session.accelerator, self.model.module, self.data.tokenizer, dest)
         ckpt = self.session.checkpointer
         path = ckpt.save(self.session.state, export=export)
-        uri = ckpt.s3_uri_for(f"checkpoints/{path.name}")
+        uri = ckpt.checkpoint_uri(path.name)
         self.session.tracker.log_checkpoint(step=self.session.state.global_step, uri=uri or str(path))
 
     def _preempt(self) -> str:
         st, session = self.session.state, self.session
         st.train_time_s = self._elapsed()
-        grace = self.settings.preemption_grace_seconds
+        grace = self.cfg.preemption.preemption_grace_seconds
         interrupted = session.preemption.interrupted
         what = "interrupted (SIGINT)" if interrupted else "preemption signal"
         logger.warning("%s: checkpointing at step %d (%.0fs of grace left)", what, st.global_step,
@@ -191,7 +174,7 @@ class Trainer:
             logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
                          "is complete and auto-resume will use it if every node has it", e)
         if session.accelerator.is_local_main_process and not interrupted:  # Ctrl-C: the user stopped it, no requeue
-            write_marker(self.settings.output_dir, st.global_step)  # every node's disk: its launch script reads it
+            write_marker(self.cfg.run.output_dir, st.global_step)  # every node's disk: its launch script reads it
         if session.accelerator.is_main_process:
             print(f"{what}: stopped at step {st.global_step}; checkpoint "
                   f"{session.checkpointer.root / step_name(st.global_step)}; continue with "

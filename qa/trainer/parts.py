@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from qa.checkpoint.state import TrainState
     from qa.data.sampler import StepBatchSampler
     from qa.eval.evaluator import EvalExamples, EvalFeatures
+    from qa.lifecycle.preemption import PreemptionHandler
     from qa.tracking.tracker import Tracker
-    from qa.trainer.preemption import PreemptionHandler
 
 
 @dataclass
@@ -39,9 +39,13 @@ class Session:
 
 @dataclass(frozen=True)
 class EvalSet:
+    """Windows to run the model on and what rank 0 decodes them with: the evaluation set, and the test set of
+    ``--do_predict`` (answers optional: ``labeled`` says whether every example has them, to score)."""
+
     features: datasets.Dataset
     examples: EvalExamples
     arrays: EvalFeatures | None  # rank 0 only: what decoding needs besides the logits
+    labeled: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Data:
     tokenizer: PreTrainedTokenizerBase
     train: datasets.Dataset | None
     eval: EvalSet | None
+    test: EvalSet | None = None  # --do_predict
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Setting up a run: the steps ``train.py`` calls, each one small, in the order they happen.
 
-Each step builds one typed part (``qa.trainer.parts``) complete from the config sections it needs
-(``qa.config.sections``): this module and ``train.py`` are where the config is handed out, no component below
-sees all of it. Every step here is collective: every rank calls it, in the same order. User errors (config, data, resume target, storage) surface before the output
-directory, the tracker or W&B are touched.
+Each step builds one typed part (``qa.trainer.parts``) complete from the config (``qa.config.Config``): the
+trainer is where the config is handed out; each component below takes its own section and the run-level values it
+needs as explicit arguments. Every step here is collective: every rank calls it, in the same order. User errors
+(config, data, resume target, storage) surface before the output directory, the tracker or W&B are touched.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from qa.checkpoint.manager import Checkpointer
+from qa.checkpoint.output_dir import abandon, check_resume_target, claim_output_dir
 from qa.checkpoint.settings import StorageSettings
 from qa.checkpoint.state import TrainState
-from qa.config import Sections, TrainConfig
+from qa.config import Config
+from qa.config.load import config_yaml as save_config_text
 from qa.data import features as qa_features
 from qa.data import formats as qa_formats
 from qa.data.sampler import StepBatchSampler, check_fills_one_step
@@ -33,13 +35,12 @@ from qa.distributed.accelerator import build_accelerator, load_deepspeed_config,
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
+from qa.lifecycle.preemption import PreemptionHandler, clear_marker
 from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
-from qa.model.settings import ModelSettings
+from qa.preflight.config_checks import output_dir_use
 from qa.trainer.export import export_model
-from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
-from qa.trainer.preemption import PreemptionHandler, clear_marker
 
 if TYPE_CHECKING:
     from qa.checkpoint.store import Store
@@ -65,43 +66,45 @@ def _setup_logging(is_main: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
-def start(cfg: TrainConfig, sections: Sections) -> Session:
+def start(cfg: Config) -> Session:
     """Accelerator, input checks, storage, checkpoint to resume from, then the tracker: all before data or model.
-    ``cfg`` itself only decides who owns output_dir and is recorded (run_config.yaml, the tracker's config).
 
     Collective: every rank calls it.
     """
     from qa.tracking.tracker import Tracker, log_with_for
 
-    accelerator = build_accelerator(sections.distributed, sections.optimizer,
-                                    log_with=log_with_for(sections.tracking.report_to))
+    run = cfg.run
+    accelerator = build_accelerator(cfg.distributed, cfg.optimizer, cfg.batch, output_dir=run.output_dir,
+                                    log_with=log_with_for(cfg.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
-    set_seed(sections.data.seed)
-    precision = resolve_precision(sections.distributed.mixed_precision)
-    on_rank_zero(accelerator, lambda: check_data(sections.data))  # bad data fails here, before anything is written
-    claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
+    set_seed(run.seed)
+    precision = resolve_precision(cfg.distributed.mixed_precision)
+    on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
+    claim_output_dir(output_dir_use(cfg), accelerator)  # first write: refuse another run's or a live run's dir
+    config_yaml = save_config_text(cfg)
     try:
-        store, uploader = _storage(sections.storage, accelerator)
-        checkpointer = Checkpointer(sections.checkpoint, accelerator, store, uploader)
-        resume_path = checkpointer.resolve(cfg.resume_from_checkpoint)
-        check_resume_target(cfg, resume_path, accelerator)  # not past max_train_steps
+        store, uploader = _storage(cfg.storage, accelerator)
+        checkpointer = build_checkpointer(cfg, accelerator, store, uploader, config_yaml=config_yaml)
+        resume_path = checkpointer.resolve(cfg.checkpoint.resume_from_checkpoint)
+        check_resume_target(cfg.schedule.max_train_steps, resume_path, accelerator)  # not past max_train_steps
         # A checkpoint this run cannot continue (data order, global batch) fails here, before anything is written.
         saved = on_rank_zero(accelerator, lambda: checkpointer.check_resume(resume_path)) if resume_path else None
     except UserError:
         if accelerator.is_main_process:
-            abandon(cfg.output_dir)  # a refused start leaves output_dir as it found it
+            abandon(run.output_dir)  # a refused start leaves output_dir as it found it
         raise
-    state = TrainState(seed=sections.data.seed, world_size=accelerator.num_processes,
-                       data_order=sections.data.order.key(accelerator.num_processes))
+    state = TrainState(seed=run.seed, world_size=accelerator.num_processes,
+                       data_order=cfg.data_order.key(accelerator.num_processes))
     if saved is not None:
         state.tracker_run_id = saved.tracker_run_id
     if accelerator.is_local_main_process:  # every node's own output_dir (they need not share a filesystem)
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        clear_marker(cfg.output_dir)
+        Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+        clear_marker(run.output_dir)
     if accelerator.is_main_process:
-        (Path(cfg.output_dir) / "run_config.yaml").write_text(sections.checkpoint.config_yaml)
+        (Path(run.output_dir) / "run_config.yaml").write_text(config_yaml)
     tracker = Tracker.from_settings(
-        accelerator, sections.tracking, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
+        accelerator, cfg.tracking, output_dir=run.output_dir, run_name=run.resolved_run_name,
+        group=cfg.wandb_group, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
     )
     state.tracker_run_id = tracker.run_id
@@ -109,10 +112,18 @@ def start(cfg: TrainConfig, sections: Sections) -> Session:
                    preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)
 
 
-def check_data(data: DataSettings) -> None:
+def build_checkpointer(cfg: Config, accelerator: Accelerator | None, store: Store | None = None,
+                       uploader: BackgroundUploader | None = None, *, config_yaml: str = "") -> Checkpointer:
+    """The run's checkpointer: its section plus the run-level values it needs. Collective with several ranks."""
+    return Checkpointer(cfg.checkpoint, accelerator, store, uploader, output_dir=Path(cfg.run.output_dir),
+                        run_name=cfg.run.resolved_run_name, data_order=cfg.data_order, config_yaml=config_yaml)
+
+
+def check_data(cfg: Config) -> None:
     """Read and validate every data file this run uses (DataError names the file and id); warms the cache."""
-    splits = [("train", data.train_file, data.do_train), ("validation", data.validation_file, data.do_eval),
-              ("test", data.test_file, data.do_predict)]
+    data, run = cfg.data, cfg.run
+    splits = [("train", data.train_file, run.do_train), ("validation", data.validation_file, run.do_eval),
+              ("test", data.test_file, run.do_predict)]
     for split, path, used in splits:
         if used and path is not None:
             qa_formats.load_examples(dataset_name=None, dataset_config_name=None, data_file=path, split=split,
@@ -125,14 +136,15 @@ def _storage(settings: StorageSettings,
              accelerator: Accelerator) -> tuple[Store | None, BackgroundUploader | None]:
     """The store, checked at start-up by rank 0 and then by every other node (bad credentials or a missing bucket
     fail before training), and this node's uploader."""
-    if settings.uri is None:
+    if settings.store_uri is None:
         return None, None
-    from qa.checkpoint.store import StorageError, open_store
+    from qa.checkpoint.backends import open_store
+    from qa.checkpoint.store import StorageError
     from qa.checkpoint.uploader import BackgroundUploader
 
     try:
-        store = open_store(settings.uri, sse=settings.sse, sse_kms_key_id=settings.sse_kms_key_id,
-                           create_bucket=settings.create_bucket)
+        store = open_store(settings.store_uri, sse=settings.s3_sse, sse_kms_key_id=settings.s3_sse_kms_key_id,
+                           create_bucket=settings.s3_create_bucket)
     except ValueError as e:  # the config checks should have caught it; still a user's value, not a bug
         raise ConfigError(f"s3_uri: {e}") from None
 
@@ -157,21 +169,22 @@ def _storage(settings: StorageSettings,
             error.reported_by_rank_zero = not accelerator.is_main_process  # type: ignore[attr-defined]
             raise error
     # Each node publishes its own ranks' checkpoint files (qa.checkpoint.parts): one uploader per node.
-    uploader = (BackgroundUploader(store, deadline_s=settings.upload_timeout_s) if accelerator.is_local_main_process
+    uploader = (BackgroundUploader(store, deadline_s=settings.s3_upload_timeout) if accelerator.is_local_main_process
                 else None)
     return store, uploader
 
 
-def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> Data:
-    """Examples and features; built once by the main process (cached), then loaded by the others.
+def prepare_data(cfg: Config, session: Session) -> Data:
+    """Examples and windows of every split this run uses; built once by the main process (cached), then loaded
+    by the others.
 
     Collective: every rank calls it.
     """
-    acc = session.accelerator
-    tokenizer = load_tokenizer(model)
-    train, eval_set = None, None
+    acc, data, run = session.accelerator, cfg.data, cfg.run
+    tokenizer = load_tokenizer(cfg.model)
+    train, eval_set, test_set = None, None, None
     with acc.main_process_first():
-        if data.do_train:
+        if run.do_train:
             train_ex = qa_formats.load_examples(
                 dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
                 data_file=data.train_file, split="train", skip_misaligned=data.skip_misaligned_answers,
@@ -180,50 +193,58 @@ def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> 
                 train_ex, tokenizer, max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
                 num_proc=data.preprocessing_num_workers, overwrite_cache=data.overwrite_cache,
                 source=data.train_file or f"{data.dataset_name}:train")
-        if data.do_eval:
-            eval_set = _eval_set(data, tokenizer, is_main=acc.is_main_process)
+        if run.do_eval:
+            eval_set = _eval_set(data, tokenizer, "validation", is_main=acc.is_main_process)
+        if run.do_predict:
+            test_set = _eval_set(data, tokenizer, "test", is_main=acc.is_main_process)
     if train is not None:
         logger.info("train: %d features", len(train))
-    if eval_set is not None:
-        logger.info("eval: %d examples, %d features", len(eval_set.examples.ids), len(eval_set.features))
-    return Data(tokenizer=tokenizer, train=train, eval=eval_set)
+    for name, es in (("eval", eval_set), ("test", test_set)):
+        if es is not None:
+            logger.info("%s: %d examples (%s), %d windows", name, len(es.examples.ids),
+                        "with answers" if es.labeled else "unlabeled", len(es.features))
+    return Data(tokenizer=tokenizer, train=train, eval=eval_set, test=test_set)
 
 
-def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, *, is_main: bool) -> EvalSet:
-    eval_ex = qa_formats.load_examples(
-        dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
-        data_file=data.validation_file, split="validation", max_samples=data.max_eval_samples,
-        version_2_with_negative=data.version_2_with_negative)
+def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, split: str, *, is_main: bool) -> EvalSet:
+    """The evaluation set (split "validation") or the test set of --do_predict (split "test", answers optional)."""
+    test = split == "test"
+    path = data.test_file if test else data.validation_file
+    examples = qa_formats.load_examples(
+        dataset_name=None if test else data.dataset_name, dataset_config_name=None if test else data.dataset_config_name,
+        data_file=path, split=split, max_samples=data.max_predict_samples if test else data.max_eval_samples,
+        version_2_with_negative=data.version_2_with_negative, require_answers=not test)
     feats = qa_features.build_eval_features(
-        eval_ex, tokenizer, max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
+        examples, tokenizer, max_seq_length=data.max_seq_length, doc_stride=data.doc_stride,
         num_proc=data.preprocessing_num_workers, overwrite_cache=data.overwrite_cache,
-        source=data.validation_file or f"{data.dataset_name}:validation")
-    examples = EvalExamples(
-        ids=list(eval_ex["id"]), contexts=list(eval_ex["context"]),
-        answers=[list(a["text"]) for a in eval_ex["answers"]], questions=list(eval_ex["question"]))
-    arrays = None
-    if is_main:  # only rank 0 decodes
-        arrays = EvalFeatures(
-            example_index=np.asarray(feats["example_index"], dtype=np.int64),
-            offsets=qa_features.packed_offsets(feats, data.max_seq_length),
-            cls_index=np.asarray(feats["cls_index"], dtype=np.int64))
-    return EvalSet(features=feats, examples=examples, arrays=arrays)
+        source=path or f"{data.dataset_name}:{split}")
+    answers = examples["answers"]
+    n_labeled = sum(a is not None for a in answers)
+    if 0 < n_labeled < len(answers):
+        logger.warning("%s: %d of %d examples have answers; predicting without scoring", path, n_labeled,
+                       len(answers))
+    return EvalSet(
+        features=feats, labeled=n_labeled == len(answers),
+        examples=EvalExamples(ids=list(examples["id"]), contexts=list(examples["context"]),
+                              answers=[list(a["text"]) if a is not None else [] for a in answers],
+                              questions=list(examples["question"])),
+        arrays=EvalFeatures.of_windows(feats, data.max_seq_length) if is_main else None)  # only rank 0 decodes
 
 
-def build_model(sections: Sections, session: Session, data: Data) -> Model:
+def build_model(cfg: Config, session: Session, data: Data) -> Model:
     """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once).
 
     Collective: every rank calls it.
     """
     acc = session.accelerator
-    batching = sections.data
-    model = load_model(sections.model)
+    batch = cfg.batch
+    model = load_model(cfg.model)
     accepted = set(inspect.signature(model.forward).parameters)
     # pad_to_multiple_of=8: tensor-core friendly shapes at almost no padding cost.
     collator = DataCollatorWithPadding(data.tokenizer, pad_to_multiple_of=8)
     eval_names = [k for k in MODEL_INPUTS if k in accepted
                   and (data.eval is None or k in data.eval.features.column_names)]
-    if not batching.do_train:
+    if not cfg.run.do_train:
         # Inference needs no optimizer sharding: below ZeRO-3 each rank holds the plain model; under ZeRO-3
         # DeepSpeed partitions the weights (its engine runs without an optimizer).
         if acc.state.deepspeed_plugin is not None and acc.state.deepspeed_plugin.zero_stage >= 3:
@@ -234,20 +255,20 @@ def build_model(sections: Sections, session: Session, data: Data) -> Model:
     # Labels stay out of the forward call: the loop computes a padding-invariant loss from the logits.
     train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
     keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
-    micro, accumulation = batching.per_device_train_batch_size, batching.gradient_accumulation_steps
+    micro, accumulation = batch.per_device_train_batch_size, batch.gradient_accumulation_steps
     check_fills_one_step(len(feats), micro, acc.num_processes, accumulation)
     sampler = StepBatchSampler(np.asarray(feats["length"]), micro, acc.num_processes, accumulation,
-                               seed=batching.seed, group_by_length=batching.group_by_length)
+                               seed=cfg.run.seed, group_by_length=batch.group_by_length)
     loader = torch.utils.data.DataLoader(
         feats.select_columns(keep), batch_sampler=sampler, collate_fn=collator,
-        num_workers=batching.dataloader_num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        num_workers=cfg.data.dataloader_num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
         # Its own generator keeps the global RNG (dropout) untouched by loader start-up, which exact
         # resume relies on.
-        generator=torch.Generator().manual_seed(batching.seed),
+        generator=torch.Generator().manual_seed(cfg.run.seed),
     )
     batches_per_epoch = len(sampler) // acc.num_processes
-    steps, epochs = sections.loop.total_steps(batches_per_epoch // accumulation)
-    ds_config = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=acc.num_processes,
+    steps, epochs = cfg.schedule.total_steps(batches_per_epoch // accumulation)
+    ds_config = load_deepspeed_config(cfg.distributed, cfg.optimizer, batch, world_size=acc.num_processes,
                                       precision=session.precision, num_training_steps=steps)
     if ds_config is not None:
         if session.resume_path is not None and session.checkpointer.needs_reshard(session.resume_path):
@@ -255,9 +276,9 @@ def build_model(sections: Sections, session: Session, data: Data) -> Model:
             # engine reads this switch when it loads.
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
-    optimizer = build_optimizer(sections.optimizer, model, ds_config)
-    scheduler = build_scheduler(sections.optimizer, optimizer, steps, ds_config)
-    if sections.model.torch_compile:
+    optimizer = build_optimizer(cfg.optimizer, model, ds_config)
+    scheduler = build_scheduler(cfg.optimizer, optimizer, steps, ds_config)
+    if cfg.model.torch_compile:
         model = torch.compile(model)
     module, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
     logger.info("train: %d optimizer steps over %d epochs (%d micro-batches per rank per epoch)",
@@ -268,14 +289,14 @@ def build_model(sections: Sections, session: Session, data: Data) -> Model:
                                accumulation=accumulation))
 
 
-def resume(data: DataSettings, session: Session) -> None:
+def resume(cfg: Config, session: Session) -> None:
     """Collective: restore model/optimizer/scheduler/RNG and the data position, if resuming."""
     if session.resume_path is None:
         return
     world = session.accelerator.num_processes
     session.state = session.checkpointer.load(session.resume_path, session.state)
     session.state.tracker_run_id = session.tracker.run_id
-    session.state.data_order = data.order.key(world)
+    session.state.data_order = cfg.data_order.key(world)
     session.state.world_size = world
 
 
@@ -299,7 +320,7 @@ def finish(storage: StorageSettings, session: Session, outcome: str) -> None:
     })
     error = None
     try:
-        session.checkpointer.wait_uploads(storage.upload_timeout_s)
+        session.checkpointer.wait_uploads(storage.s3_upload_timeout)
     except Exception as e:  # noqa: BLE001 - reported after the tracker is closed
         error = e
     session.tracker.finish()

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from qa.checkpoint.local import LocalStore
+from qa.checkpoint.location import key_parts
 from qa.checkpoint.objects import ObjectStore
-from qa.checkpoint.store import StorageError, Store, key_parts
+from qa.checkpoint.store import StorageError, Store
 
 
 @dataclass

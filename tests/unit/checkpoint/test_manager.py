@@ -14,11 +14,12 @@ import pytest
 from qa.checkpoint.local import LocalStore
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.rotation import by_step, checkpoints_to_delete, crash_leftovers, newest_first
-from qa.checkpoint.settings import CheckpointSettings
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints, step_name, step_of
 from qa.checkpoint.uploader import BackgroundUploader
-from qa.config import TrainConfig, split_config
+from qa.config import Config, make_config
 from qa.errors import ConfigError
+from qa.trainer.setup import build_checkpointer
+from store_tools import find_resume
 
 Tree = Callable[..., Path]
 BIG, BIGGER = "step_9999999", "step_10000000"  # names sort the other way round from steps past 10M
@@ -65,9 +66,8 @@ def test_complete_checkpoints_are_ordered_by_step(tmp_path: Path) -> None:
 # -- rank 0's share of the Checkpointer ----------------------------------------------------------------
 
 
-def config(tmp_path: Path, limit: int | None = 2) -> CheckpointSettings:
-    return split_config(TrainConfig(output_dir=str(tmp_path / "out"), run_name="run-a",
-                                    save_total_limit=limit)).checkpoint
+def config(tmp_path: Path, limit: int | None = 2) -> Config:
+    return make_config(output_dir=str(tmp_path / "out"), run_name="run-a", save_total_limit=limit)
 
 
 def checkpoint_tree(root: Path, step: int, tree: Tree) -> Path:
@@ -100,8 +100,8 @@ def test_publish_rotates_local_and_store_and_keeps_the_resume_checkpoint(backend
     for step in (1, 2, 3):  # another run's checkpoints under the same location are never touched
         put_in_store(store, step, tree, tmp_path, run="run-b")
     with BackgroundUploader(store, max_attempts=1) as uploader:
-        ckpt = Checkpointer(config(tmp_path), None, store, uploader)
-        resumed = ckpt.find_resume("auto")  # nothing local: downloaded from the store
+        ckpt = build_checkpointer(config(tmp_path), None, store, uploader)
+        resumed = find_resume(ckpt, "auto")  # nothing local: downloaded from the store
         assert resumed == ckpt.root / "step_0000001" and ckpt.resumed_from == "step_0000001"
         for step in (2, 3, 4, 5):
             ckpt.publish(local_checkpoint(ckpt, step, tree), TrainState(global_step=step))
@@ -117,7 +117,7 @@ def test_publish_rotates_local_and_store_and_keeps_the_resume_checkpoint(backend
 def test_without_resume_exactly_the_newest_remain(backend: Any, tree: Tree, tmp_path: Path) -> None:
     store = backend.store
     with BackgroundUploader(store, max_attempts=1) as uploader:
-        ckpt = Checkpointer(config(tmp_path), None, store, uploader)
+        ckpt = build_checkpointer(config(tmp_path), None, store, uploader)
         for step in (1, 2, 3, 4):
             ckpt.publish(local_checkpoint(ckpt, step, tree), TrainState(global_step=step))
         uploader.wait(timeout_s=60)
@@ -129,7 +129,7 @@ def test_checkpoints_waiting_for_upload_are_kept(tmp_path: Path, tree: Tree) -> 
     store = LocalStore(tmp_path / "store", create=True)
     gate = threading.Event()
     with BackgroundUploader(store, max_attempts=1) as uploader:
-        ckpt = Checkpointer(config(tmp_path), None, store, uploader)
+        ckpt = build_checkpointer(config(tmp_path), None, store, uploader)
         # Hold the upload thread: everything published meanwhile is pending.
         uploader.submit(tree(tmp_path / "first"), "gate", then=lambda: gate.wait(60))
         (ckpt.root / "step_0000000").mkdir(parents=True)  # a save a crash interrupted
@@ -148,7 +148,7 @@ def test_checkpoints_waiting_for_upload_are_kept(tmp_path: Path, tree: Tree) -> 
 def test_no_limit_keeps_everything(tmp_path: Path, tree: Tree) -> None:
     store = LocalStore(tmp_path / "store", create=True)
     with BackgroundUploader(store, max_attempts=1) as uploader:
-        ckpt = Checkpointer(config(tmp_path, limit=None), None, store, uploader)
+        ckpt = build_checkpointer(config(tmp_path, limit=None), None, store, uploader)
         for step in (1, 2, 3):
             ckpt.publish(local_checkpoint(ckpt, step, tree), TrainState(global_step=step))
         uploader.wait(timeout_s=60)
@@ -160,36 +160,36 @@ def test_find_resume_prefers_local_then_the_newest_intact_store_checkpoint(
     backend: Any, tree: Tree, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = backend.store
-    ckpt = Checkpointer(config(tmp_path), None, store)
-    assert ckpt.find_resume("auto") is None  # nothing anywhere: a fresh start
+    ckpt = build_checkpointer(config(tmp_path), None, store)
+    assert find_resume(ckpt, "auto") is None  # nothing anywhere: a fresh start
     for step in (3, 9_999_999, 10_000_000):
         put_in_store(store, step, tree, tmp_path)
     backend.write_raw(f"run-a/checkpoints/{BIGGER}/rng_state_0.pth", b"x" * 4096)  # newest is corrupt
     (ckpt.root / BIGGER).mkdir(parents=True)  # an incomplete local copy is never trusted
     with caplog.at_level(logging.ERROR):
-        found = ckpt.find_resume("auto")
+        found = find_resume(ckpt, "auto")
     assert found == ckpt.root / BIG and (found / COMPLETE).is_file()
     assert store.uri_for(f"run-a/checkpoints/{BIGGER}/rng_state_0.pth") in caplog.text  # refused by name
     assert not (ckpt.root / BIGGER).exists() and ckpt.resumed_from == BIG
     # A complete local checkpoint wins over a newer one in the store.
     store.upload_dir(checkpoint_tree(tmp_path / "intact" / BIGGER, 10_000_000, tree), f"run-a/checkpoints/{BIGGER}")
-    assert ckpt.find_resume("auto") == ckpt.root / BIG
-    assert Checkpointer(config(tmp_path), None, None).find_resume("auto") == ckpt.root / BIG
+    assert find_resume(ckpt, "auto") == ckpt.root / BIG
+    assert find_resume(build_checkpointer(config(tmp_path), None, None), "auto") == ckpt.root / BIG
 
 
 def test_find_resume_from_a_uri_or_a_path(tmp_path: Path, tree: Tree) -> None:
     store = LocalStore(tmp_path / "store", create=True)
     put_in_store(store, 7, tree, tmp_path, run="other")
-    ckpt = Checkpointer(config(tmp_path), None, None)
-    found = ckpt.find_resume(store.uri_for("other/checkpoints/step_0000007"))
+    ckpt = build_checkpointer(config(tmp_path), None, None)
+    found = find_resume(ckpt, store.uri_for("other/checkpoints/step_0000007"))
     assert found == ckpt.root / "step_0000007" and (found / COMPLETE).is_file()
     assert ckpt.resumed_from == "step_0000007"
     elsewhere = checkpoint_tree(tmp_path / "elsewhere" / "step_0000008", 8, tree)
-    ckpt = Checkpointer(config(tmp_path), None, None)
-    assert ckpt.find_resume(str(elsewhere)) == elsewhere
+    ckpt = build_checkpointer(config(tmp_path), None, None)
+    assert find_resume(ckpt, str(elsewhere)) == elsewhere
     assert ckpt.resumed_from is None, "only a checkpoint in this run's directory is protected from rotation"
     (elsewhere / COMPLETE).unlink()
     with pytest.raises(ConfigError, match="no COMPLETE marker"):
-        ckpt.find_resume(str(elsewhere))
+        find_resume(ckpt, str(elsewhere))
     with pytest.raises(Exception, match="no complete upload"):
-        ckpt.find_resume(store.uri_for("other/checkpoints/step_0000009"))
+        find_resume(ckpt, store.uri_for("other/checkpoints/step_0000009"))

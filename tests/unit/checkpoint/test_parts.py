@@ -18,6 +18,7 @@ import pytest
 
 from qa.checkpoint.local import LocalStore
 from qa.checkpoint.manager import Checkpointer
+from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.parts import (
     NodeLayout,
     PartUpload,
@@ -30,9 +31,11 @@ from qa.checkpoint.parts import (
     usable_here,
 )
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, step_name
-from qa.checkpoint.store import MANIFEST_NAME, StorageError, UploadError
+from qa.checkpoint.store import StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
-from qa.config import TrainConfig, split_config
+from qa.config import make_config
+from qa.trainer.setup import build_checkpointer
+from store_tools import find_resume
 
 SHARED = ["COMPLETE", "trainer_state.json", "config.yaml", "scheduler.bin", "pytorch_model/mp_rank_00_model_states.pt",
           "pytorch_model/latest", "model/model.safetensors"]
@@ -99,8 +102,8 @@ def write_checkpoint(dirs: list[Path], step: int, world: int, node_of: Callable[
 
 
 def node(tmp_path: Path, k: int, layout: NodeLayout, store: Any = None, uploader: Any = None) -> Checkpointer:
-    cfg = TrainConfig(output_dir=str(tmp_path / f"node{k}"), run_name="run", save_total_limit=3)
-    ckpt = Checkpointer(split_config(cfg).checkpoint, None, store, uploader)
+    cfg = make_config(output_dir=str(tmp_path / f"node{k}"), run_name="run", save_total_limit=3)
+    ckpt = build_checkpointer(cfg, None, store, uploader)
     ckpt.layout = layout
     return ckpt
 
@@ -145,7 +148,7 @@ def test_manifest_is_written_only_after_every_nodes_part(tmp_path: Path) -> None
     for n in nodes:
         shutil.rmtree(n.root)
     fresh = node(tmp_path, 1, layouts[1], store)
-    found = fresh.find_resume("auto")
+    found = find_resume(fresh, "auto")
     assert found == fresh.root / "step_0000005"
     got = {p.relative_to(found).as_posix() for p in found.rglob("*") if p.is_file()}
     assert got == set(SHARED) | set(rank_files(1))

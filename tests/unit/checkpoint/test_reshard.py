@@ -13,7 +13,7 @@ import torch
 from qa.checkpoint.reshard import accumulation_for, check_global_batch, repair_optimizer_after_universal_load
 from qa.checkpoint.resume import check_resume
 from qa.checkpoint.state import STATE_FILE, TrainState
-from qa.config import TrainConfig, split_config
+from qa.config import Config, make_config
 from qa.errors import ConfigError
 
 
@@ -42,16 +42,16 @@ def test_old_states_count_per_rank_batches_and_read_as_global_steps(tmp_path: Pa
     (tmp_path / STATE_FILE).write_text(json.dumps(old))
     state = TrainState.from_file(tmp_path / STATE_FILE)
     assert state.steps_in_epoch == 5 and state.global_batch_size == 16
-    cfg = TrainConfig(per_device_train_batch_size=2, gradient_accumulation_steps=3)
-    new = TrainState(world_size=4, data_order=split_config(cfg).data.order.key(4))
+    cfg = make_config(per_device_train_batch_size=2, gradient_accumulation_steps=3)
+    new = TrainState(world_size=4, data_order=cfg.data_order.key(4))
     assert new.global_batch_size == 24
 
 
 def _checkpoint(tmp_path: Path, world: int, **cfg_kwargs: object) -> Path:
-    saved_cfg = TrainConfig(**cfg_kwargs)
+    saved_cfg = make_config(**cfg_kwargs)
     path = tmp_path / "step_0000003"
     path.mkdir()
-    state = TrainState(global_step=3, steps_in_epoch=3, world_size=world, data_order=split_config(saved_cfg).data.order.key(world))
+    state = TrainState(global_step=3, steps_in_epoch=3, world_size=world, data_order=saved_cfg.data_order.key(world))
     (path / STATE_FILE).write_text(state.to_json())
     return path
 
@@ -59,15 +59,15 @@ def _checkpoint(tmp_path: Path, world: int, **cfg_kwargs: object) -> Path:
 class _Checker:
     """check_resume as a run of ``world`` processes with this config would call it."""
 
-    def __init__(self, cfg: TrainConfig, world: int) -> None:
+    def __init__(self, cfg: Config, world: int) -> None:
         self.cfg, self.world = cfg, world
 
     def check_resume(self, path: Path) -> TrainState:
-        return check_resume(split_config(self.cfg).checkpoint, self.world, path)
+        return check_resume(self.cfg.data_order, self.cfg.checkpoint.resume_weights_only, self.world, path)
 
 
 def _checker(tmp_path: Path, world: int, **cfg_kwargs: object) -> _Checker:
-    return _Checker(TrainConfig(output_dir=str(tmp_path / "out"), **cfg_kwargs), world)
+    return _Checker(make_config(output_dir=str(tmp_path / "out"), **cfg_kwargs), world)
 
 
 def test_check_resume_compares_the_global_batch_not_its_split(tmp_path: Path) -> None:

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.s3 import S3Store, parse_s3_uri
-from qa.checkpoint.store import MANIFEST_NAME, CorruptObjectError, StorageError, UploadError
+from qa.checkpoint.store import CorruptObjectError, StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
 from s3_fixtures import SECRET_SENTINEL, S3TestServer
+from store_tools import download_dir
 
 MiB = 1024 * 1024
 RUN = "run-1/checkpoints"
@@ -141,7 +143,7 @@ def test_round_trip_multipart_manifest_last(s3_server: S3TestServer, s3_bucket: 
     assert f"{RUN}/step_0000100/{MANIFEST_NAME}" in store.list_keys()
 
     dest = tmp_path / "restored" / "step_0000100"
-    assert store.download_dir(f"{RUN}/step_0000100", dest)["files"] == manifest["files"]
+    assert download_dir(store, f"{RUN}/step_0000100", dest)["files"] == manifest["files"]
     assert same_tree(src, dest)
     assert json.loads((dest / MANIFEST_NAME).read_text())["metadata"]["step"] == 100
     # Re-uploading a downloaded checkpoint skips its manifest.json instead of uploading it as data.
@@ -162,7 +164,7 @@ def test_download_detects_corrupted_object(s3_server: S3TestServer, s3_bucket: s
 
     dest = tmp_path / "restored"
     with pytest.raises(CorruptObjectError) as err:
-        store.download_dir("ckpt", dest)
+        download_dir(store, "ckpt", dest)
     message = str(err.value)
     assert f"s3://{s3_bucket}/{key}" in message
     assert hashlib.sha256((src / "rng_state_0.pth").read_bytes()).hexdigest() in message  # expected digest
@@ -170,7 +172,7 @@ def test_download_detects_corrupted_object(s3_server: S3TestServer, s3_bucket: s
     assert not list(tmp_path.glob(".restored.*")), "temporary download dir not cleaned up"
 
     with pytest.raises(StorageError, match="no complete upload"):
-        store.download_dir("does-not-exist", tmp_path / "other")
+        download_dir(store, "does-not-exist", tmp_path / "other")
 
 
 @pytest.mark.s3
@@ -238,7 +240,7 @@ def test_server_killed_mid_multipart_then_retry(server_up_after: S3TestServer, s
         uploader.submit(src, f"{RUN}/step_0000400")
         uploader.wait(timeout_s=30)
     assert store.list_complete(RUN) == ["step_0000400"]
-    store.download_dir(f"{RUN}/step_0000400", tmp_path / "restored")
+    download_dir(store, f"{RUN}/step_0000400", tmp_path / "restored")
     assert same_tree(src, tmp_path / "restored")
 
 
@@ -297,7 +299,7 @@ def test_sse_aes256_end_to_end(s3_server: S3TestServer, s3_bucket: str, tmp_path
     for rel in [*manifest["files"], MANIFEST_NAME]:
         head = store.client.head_object(Bucket=s3_bucket, Key=f"enc/ckpt/{rel}")
         assert head.get("ServerSideEncryption") == "AES256", rel
-    store.download_dir("ckpt", tmp_path / "restored")
+    download_dir(store, "ckpt", tmp_path / "restored")
 
 
 @pytest.mark.s3
@@ -310,7 +312,7 @@ def test_secrets_never_logged_or_stored(
     store = s3_server.store(f"s3://{s3_bucket}/exp")
     store.check()
     manifest = store.upload_dir(make_checkpoint(tmp_path / "ckpt"), "ckpt", metadata={"run": "r1"})
-    store.download_dir("ckpt", tmp_path / "restored")
+    download_dir(store, "ckpt", tmp_path / "restored")
 
     bad = s3_server.store(f"s3://{s3_bucket}/exp", aws_secret_access_key=f"{SECRET_SENTINEL}-bad", retry_attempts=1)
     messages = []

@@ -13,18 +13,12 @@ from typing import Any
 
 import pytest
 
+from qa.checkpoint.backends import open_store
 from qa.checkpoint.local import LocalStore
+from qa.checkpoint.location import STORE_SCHEMES, check_location, is_store_uri
+from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.s3 import S3Store
-from qa.checkpoint.store import (
-    MANIFEST_NAME,
-    STORE_SCHEMES,
-    CorruptObjectError,
-    StorageError,
-    UploadError,
-    check_location,
-    is_store_uri,
-    open_store,
-)
+from qa.checkpoint.store import CorruptObjectError, StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
 
 RUN = "run-1/checkpoints"
@@ -352,7 +346,7 @@ def test_uploader_runs_then_after_a_successful_upload_only(tmp_path: Path, tree:
 
 
 def test_config_accepts_a_file_store_location() -> None:
-    from qa.config.load import from_dict
+    from configs import from_mapping as from_dict
     from qa.errors import ConfigError
 
     base = {"dataset_name": "squad", "do_eval": False}

@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from configs import from_mapping as from_dict
 from fixtures import base_env, make_tiny_model
-from qa.config import TrainConfig, load_config, save_config
-from qa.config.load import from_dict
+from qa.config import save_config
+from qa.config.sections import SECTIONS
 from qa.errors import ConfigError
+from qa.preflight.config_checks import load_and_check
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN = str(REPO / "data" / "demo" / "train.json")
 DEV = str(REPO / "data" / "demo" / "dev.json")
 ZERO2 = REPO / "configs" / "deepspeed" / "zero2.json"
-FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+ALL_FIELDS = [f for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+FIELDS = [f.name for f in ALL_FIELDS]
 
 
 def _base(*extra: str) -> list[str]:
@@ -40,7 +43,7 @@ def test_help_lists_every_key_with_type_default_and_description() -> None:
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())  # argparse wraps lines
-    for f in dataclasses.fields(TrainConfig):
+    for f in ALL_FIELDS:
         help_text = " ".join(f.metadata["help"].split())
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         # "--key TYPE description (default: value)", one entry per key
@@ -57,87 +60,87 @@ def test_help_lists_every_key_with_type_default_and_description() -> None:
 
 def test_short_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        load_config(["-h"])
+        load_and_check(["-h"])
     assert exc.value.code == 0
     assert "--learning_rate FLOAT" in capsys.readouterr().out
 
 
 def test_parsing_leaves_the_schema_alone() -> None:
-    before = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    load_config(_base())
-    assert {f.name: f.type for f in dataclasses.fields(TrainConfig)} == before
+    before = {f.name: f.type for f in ALL_FIELDS}
+    load_and_check(_base())
+    assert {f.name: f.type for f in ALL_FIELDS} == before
 
 
 def test_bare_switch_is_true_and_flags_take_false(tmp_path: Path) -> None:
-    cfg = load_config(_base("--dry_run", "--do_predict", "--test_file", DEV, "--overwrite_output_dir"))
-    assert cfg.dry_run is True and cfg.do_predict is True and cfg.overwrite_output_dir is True
-    assert load_config(_base("--do_eval", "false", "--group_by_length", "no")).do_eval is False
-    assert load_config(_base("--no_group_by_length")).group_by_length is False
-    assert load_config(_base("--dry-run")).dry_run is True  # HfArgumentParser's dashed spelling
+    cfg = load_and_check(_base("--dry_run", "--do_predict", "--test_file", DEV, "--overwrite_output_dir"))
+    assert cfg.run.dry_run is True and cfg.run.do_predict is True and cfg.run.overwrite_output_dir is True
+    assert load_and_check(_base("--do_eval", "false", "--group_by_length", "no")).do_eval is False
+    assert load_and_check(_base("--no_group_by_length")).group_by_length is False
+    assert load_and_check(_base("--dry-run")).dry_run is True  # HfArgumentParser's dashed spelling
     y = _yaml(tmp_path, "dry_run: true\ndo_eval: false\ndeepspeed: null\n")
-    cfg = load_config(["--config", str(y), "--do_eval"])
-    assert cfg.dry_run is True and cfg.do_eval is True  # the command line wins
+    cfg = load_and_check(["--config", str(y), "--do_eval"])
+    assert cfg.run.dry_run is True and cfg.run.do_eval is True  # the command line wins
 
 
 def test_null_and_none_clear_optional_keys(tmp_path: Path) -> None:
-    cfg = load_config(_base("--max_train_steps", "null", "--save_total_limit", "none", "--s3_sse", "None",
+    cfg = load_and_check(_base("--max_train_steps", "null", "--save_total_limit", "none", "--s3_sse", "None",
                             "--attn_implementation", "~"))
-    assert (cfg.max_train_steps, cfg.save_total_limit, cfg.s3_sse, cfg.attn_implementation) == (None,) * 4
+    assert (cfg.schedule.max_train_steps, cfg.checkpoint.save_total_limit, cfg.storage.s3_sse, cfg.model.attn_implementation) == (None,) * 4
     y = _yaml(tmp_path, "save_total_limit: null\nattn_implementation: none\ndeepspeed: ~\n")
-    cfg = load_config(["--config", str(y)])
-    assert (cfg.save_total_limit, cfg.attn_implementation, cfg.deepspeed) == (None, None, None)
-    assert load_config(_base("--report_to", "none")).report_to == "none"  # a choice, not null
-    assert load_config(_base("--run_name", "'null'")).run_name == "null"  # quoted: literal
+    cfg = load_and_check(["--config", str(y)])
+    assert (cfg.checkpoint.save_total_limit, cfg.model.attn_implementation, cfg.distributed.deepspeed) == (None, None, None)
+    assert load_and_check(_base("--report_to", "none")).report_to == "none"  # a choice, not null
+    assert load_and_check(_base("--run_name", "'null'")).run_name == "null"  # quoted: literal
     with pytest.raises(ConfigError, match=r"^--output_dir: cannot be null"):
-        load_config(_base("--output_dir", "null"))
+        load_and_check(_base("--output_dir", "null"))
     with pytest.raises(ConfigError, match=r"run.yaml: learning_rate: cannot be null"):
-        load_config(["--config", str(_yaml(tmp_path, "learning_rate: null\n"))])
+        load_and_check(["--config", str(_yaml(tmp_path, "learning_rate: null\n"))])
 
 
 def test_checkpointing_steps_is_an_int_epoch_or_null(tmp_path: Path) -> None:
-    got = load_config(_base("--checkpointing_steps", "250")).checkpointing_steps
+    got = load_and_check(_base("--checkpointing_steps", "250")).checkpointing_steps
     assert got == 250 and type(got) is int
-    assert load_config(_base("--checkpointing_steps", "epoch")).checkpointing_steps == "epoch"
-    assert load_config(_base("--checkpointing_steps", "null")).checkpointing_steps is None
-    assert load_config(["--config", str(_yaml(tmp_path, "deepspeed: null\ncheckpointing_steps: 40\n"))]
+    assert load_and_check(_base("--checkpointing_steps", "epoch")).checkpointing_steps == "epoch"
+    assert load_and_check(_base("--checkpointing_steps", "null")).checkpointing_steps is None
+    assert load_and_check(["--config", str(_yaml(tmp_path, "deepspeed: null\ncheckpointing_steps: 40\n"))]
                        ).checkpointing_steps == 40
     with pytest.raises(ConfigError, match=r"^--checkpointing_steps: expected an integer, 'epoch' or null, "
                                           r"got 'often'$"):
-        load_config(_base("--checkpointing_steps", "often"))
+        load_and_check(_base("--checkpointing_steps", "often"))
     with pytest.raises(ConfigError, match=r"checkpointing_steps: must be >= 1"):
-        load_config(_base("--checkpointing_steps", "0"))
+        load_and_check(_base("--checkpointing_steps", "0"))
 
 
 def test_lists_from_yaml_and_command_line(tmp_path: Path) -> None:
-    assert load_config(_base("--wandb_tags", "a", "b")).wandb_tags == ["a", "b"]
-    assert load_config(_base("--wandb_tags", "a,b")).wandb_tags == ["a", "b"]
+    assert load_and_check(_base("--wandb_tags", "a", "b")).wandb_tags == ["a", "b"]
+    assert load_and_check(_base("--wandb_tags", "a,b")).wandb_tags == ["a", "b"]
     y = _yaml(tmp_path, "deepspeed: null\nwandb_tags: [x, y]\n")
-    assert load_config(["--config", str(y)]).wandb_tags == ["x", "y"]
-    assert load_config(["--config", str(y), "--wandb_tags", "z"]).wandb_tags == ["z"]
+    assert load_and_check(["--config", str(y)]).wandb_tags == ["x", "y"]
+    assert load_and_check(["--config", str(y), "--wandb_tags", "z"]).wandb_tags == ["z"]
     with pytest.raises(ConfigError, match=r"run.yaml: learning_rate: expected a number, got \[1, 2\]"):
-        load_config(["--config", str(_yaml(tmp_path, "learning_rate: [1, 2]\n"))])
+        load_and_check(["--config", str(_yaml(tmp_path, "learning_rate: [1, 2]\n"))])
 
 
 def test_unknown_keys_suggest_the_close_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^command line: unknown key 'lerning_rate'; did you mean "
                                           r"'learning_rate'\?$"):
-        load_config(_base("--lerning_rate", "1e-4"))
+        load_and_check(_base("--lerning_rate", "1e-4"))
     with pytest.raises(ConfigError, match=r"unknown key 'lerning_rate'; did you mean 'learning_rate'\?"):
-        load_config(_base("--lerning-rate=1e-4"))
+        load_and_check(_base("--lerning-rate=1e-4"))
     y = _yaml(tmp_path, "lerning_rate: 1.0e-4\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(y))}: unknown key 'lerning_rate'; did you mean "
                                           r"'learning_rate'\?$"):
-        load_config(["--config", str(y)])
+        load_and_check(["--config", str(y)])
     with pytest.raises(ConfigError, match=r"unknown key 'zzz'; see train.py --help"):
-        load_config(_base("--zzz", "1"))
+        load_and_check(_base("--zzz", "1"))
     with pytest.raises(ConfigError, match=r"unexpected argument 'stray'"):
-        load_config(_base("stray"))
+        load_and_check(_base("stray"))
 
 
 def test_config_given_twice_is_refused(tmp_path: Path) -> None:
     y = _yaml(tmp_path, "deepspeed: null\n")
     with pytest.raises(ConfigError, match=r"^--config given 2 times"):
-        load_config(["--config", str(y), "--learning_rate", "1e-4", f"--config={y}"])
+        load_and_check(["--config", str(y), "--learning_rate", "1e-4", f"--config={y}"])
 
 
 def test_yaml_type_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
@@ -152,7 +155,7 @@ def test_yaml_type_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
     for text, message in cases.items():
         y = _yaml(tmp_path, text)
         with pytest.raises(ConfigError) as exc:
-            load_config(["--config", str(y)])
+            load_and_check(["--config", str(y)])
         assert str(exc.value).startswith(f"{y}: {message}"), str(exc.value)
     with pytest.raises(ConfigError, match=r"^x.yaml: num_train_epochs: expected a number, got 'many'$"):
         from_dict({"num_train_epochs": "many"}, source="x.yaml")
@@ -175,65 +178,65 @@ def test_argparse_errors_are_one_config_error_line(capsys: pytest.CaptureFixture
 
 
 def test_negative_numbers_are_values() -> None:
-    assert load_config(_base("--null_score_diff_threshold", "-1e-3")).null_score_diff_threshold == -1e-3
-    assert load_config(_base("--null_score_diff_threshold", "-2")).null_score_diff_threshold == -2.0
+    assert load_and_check(_base("--null_score_diff_threshold", "-1e-3")).null_score_diff_threshold == -1e-3
+    assert load_and_check(_base("--null_score_diff_threshold", "-2")).null_score_diff_threshold == -2.0
     with pytest.raises(ConfigError, match=r"learning_rate: must not be negative"):
-        load_config(_base("--learning_rate", "-1e-5"))
+        load_and_check(_base("--learning_rate", "-1e-5"))
 
 
 def test_quoted_values_and_yaml_no_stay_strings(tmp_path: Path) -> None:
-    assert load_config(_base("--mixed_precision", "'no'")).mixed_precision == "no"
-    assert load_config(["--config", str(_yaml(tmp_path, "deepspeed: null\nmixed_precision: no\n"))]
+    assert load_and_check(_base("--mixed_precision", "'no'")).mixed_precision == "no"
+    assert load_and_check(["--config", str(_yaml(tmp_path, "deepspeed: null\nmixed_precision: no\n"))]
                        ).mixed_precision == "no"
 
 
 def test_with_tracking_is_report_to_wandb(tmp_path: Path) -> None:
     y = _yaml(tmp_path, "deepspeed: null\nreport_to: none\n")
-    assert load_config(["--config", str(y)]).report_to == "none"
-    assert load_config(["--config", str(y), "--with_tracking"]).report_to == "wandb"
-    assert load_config(_base("--with_tracking", "false")).report_to == "none"
-    assert load_config(["--config", str(_yaml(tmp_path, "deepspeed: null\nwith_tracking: true\n"))]
+    assert load_and_check(["--config", str(y)]).report_to == "none"
+    assert load_and_check(["--config", str(y), "--with_tracking"]).report_to == "wandb"
+    assert load_and_check(_base("--with_tracking", "false")).report_to == "none"
+    assert load_and_check(["--config", str(_yaml(tmp_path, "deepspeed: null\nwith_tracking: true\n"))]
                        ).report_to == "wandb"
     both = _yaml(tmp_path, "with_tracking: true\nreport_to: none\n")
     with pytest.raises(ConfigError, match=r"with_tracking and report_to: none disagree"):
-        load_config(["--config", str(both)])
+        load_and_check(["--config", str(both)])
 
 
 def test_predict_keys_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^test_file: set test_file"):
-        load_config(_base("--do_predict"))
+        load_and_check(_base("--do_predict"))
     with pytest.raises(ConfigError, match=r"^test_file: file not found: /nonexistent/test.json"):
-        load_config(_base("--do_predict", "--test_file", "/nonexistent/test.json"))
-    assert load_config(_base("--test_file", "/nonexistent/test.json")).test_file  # unused without do_predict
+        load_and_check(_base("--do_predict", "--test_file", "/nonexistent/test.json"))
+    assert load_and_check(_base("--test_file", "/nonexistent/test.json")).test_file  # unused without do_predict
     with pytest.raises(ConfigError, match=r"^max_predict_samples: must be >= 1"):
-        load_config(_base("--do_predict", "--test_file", DEV, "--max_predict_samples", "0"))
-    cfg = load_config(_base("--do_predict", "--test_file", DEV, "--max_predict_samples", "5"))
-    assert (cfg.max_predict_samples, cfg.overwrite_output_dir) == (5, False)
+        load_and_check(_base("--do_predict", "--test_file", DEV, "--max_predict_samples", "0"))
+    cfg = load_and_check(_base("--do_predict", "--test_file", DEV, "--max_predict_samples", "5"))
+    assert (cfg.data.max_predict_samples, cfg.run.overwrite_output_dir) == (5, False)
 
 
 def test_deepspeed_path_does_not_depend_on_the_working_directory(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert load_config(["--train_file", TRAIN, "--validation_file", DEV]).deepspeed == str(ZERO2)  # default
-    cfg = load_config(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--train_file", TRAIN,
+    assert load_and_check(["--train_file", TRAIN, "--validation_file", DEV]).deepspeed == str(ZERO2)  # default
+    cfg = load_and_check(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--train_file", TRAIN,
                        "--validation_file", DEV])
-    assert cfg.deepspeed == str(ZERO2)
+    assert cfg.distributed.deepspeed == str(ZERO2)
     # A YAML elsewhere: relative to its own directory (or one above it) ...
     project = tmp_path / "project"
     (project / "ds").mkdir(parents=True)
     (project / "ds" / "mine.json").write_text(ZERO2.read_text())
     (project / "configs").mkdir()
     y = _yaml(project / "configs", "deepspeed: ds/mine.json\n")
-    assert load_config(["--config", str(y)]).deepspeed == str(project / "ds" / "mine.json")
+    assert load_and_check(["--config", str(y)]).deepspeed == str(project / "ds" / "mine.json")
     # ... but a path that exists from the working directory is taken as given.
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "mine.json").write_text(ZERO2.read_text())
-    assert load_config(["--config", str(y)]).deepspeed == "ds/mine.json"
+    assert load_and_check(["--config", str(y)]).deepspeed == "ds/mine.json"
     # Data paths stay the user's, relative to where they run.
     with pytest.raises(ConfigError, match=r"^train_file: file not found: data/demo/train.json$"):
-        load_config(["--config", str(REPO / "configs" / "demo_cpu.yaml")])
+        load_and_check(["--config", str(REPO / "configs" / "demo_cpu.yaml")])
     with pytest.raises(ConfigError, match=r"^deepspeed: file not found: no/such.json$"):
-        load_config(_base("--deepspeed", "no/such.json"))
+        load_and_check(_base("--deepspeed", "no/such.json"))
 
 
 @pytest.mark.slow  # one process, but it tokenizes the demo data: ~15 s
@@ -260,7 +263,7 @@ def test_save_config_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # See test_save_config_keeps_paths_under_pwd: the shell's PWD is scrubbed from saved paths.
     monkeypatch.delenv("PWD", raising=False)
     monkeypatch.delenv("OLDPWD", raising=False)
-    cfg = load_config(["--train_file", TRAIN, "--validation_file", DEV, "--checkpointing_steps", "7",
+    cfg = load_and_check(["--train_file", TRAIN, "--validation_file", DEV, "--checkpointing_steps", "7",
                        "--mixed_precision", "no", "--wandb_tags", "a", "b", "--s3_sse", "AES256",
                        "--s3_uri", "s3://bucket/prefix", "--warmup_ratio", "0.1", "--lr_scheduler_type", "cosine",
                        "--learning_rate", "5e-5", "--max_train_steps", "9", "--report_to", "none",
@@ -268,14 +271,14 @@ def test_save_config_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                        "--eval_steps", "3"])
     saved = tmp_path / "run_config.yaml"
     save_config(cfg, saved)
-    assert load_config(["--config", str(saved)]) == cfg
+    assert load_and_check(["--config", str(saved)]) == cfg
     epoch = dataclasses.replace(cfg, checkpointing_steps="epoch", deepspeed=None, do_eval=False)
     save_config(epoch, saved)
-    assert load_config(["--config", str(saved)]) == epoch
+    assert load_and_check(["--config", str(saved)]) == epoch
 
 
 def test_save_config_keeps_paths_under_pwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PWD", str(REPO))  # what a shell sets when train.py is started from the repository
-    cfg = load_config(_base())
+    cfg = load_and_check(_base())
     save_config(cfg, tmp_path / "run_config.yaml")
-    assert load_config(["--config", str(tmp_path / "run_config.yaml")]) == cfg
+    assert load_and_check(["--config", str(tmp_path / "run_config.yaml")]) == cfg

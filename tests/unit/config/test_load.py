@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from qa.config import TrainConfig, load_config
+from qa.config import make_config
 from qa.errors import ConfigError
+from qa.preflight.config_checks import load_and_check
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN = str(REPO / "data" / "demo" / "train.json")
@@ -19,22 +20,22 @@ def _base(*extra: str) -> list[str]:
 
 
 def test_defaults_follow_run_qa_no_trainer() -> None:
-    cfg = TrainConfig()
-    assert (cfg.max_seq_length, cfg.doc_stride, cfg.n_best_size, cfg.max_answer_length) == (384, 128, 20, 30)
-    assert cfg.model_name_or_path == "distilbert-base-cased"
+    cfg = make_config()
+    assert (cfg.data.max_seq_length, cfg.data.doc_stride, cfg.eval.n_best_size, cfg.eval.max_answer_length) == (384, 128, 20, 30)
+    assert cfg.model.model_name_or_path == "distilbert-base-cased"
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:
     y = tmp_path / "run.yaml"
     y.write_text(f"train_file: {TRAIN}\nvalidation_file: {DEV}\nlearning_rate: 1.0e-4\nnum_train_epochs: 3\n"
                  "deepspeed: null\nwandb_tags: [a, b]\n")
-    cfg = load_config(["--config", str(y), "--learning_rate", "5e-5", "--checkpointing_steps", "epoch",
+    cfg = load_and_check(["--config", str(y), "--learning_rate", "5e-5", "--checkpointing_steps", "epoch",
                        "--max_train_steps=7", "--dry_run"])
-    assert cfg.learning_rate == 5e-5 and cfg.num_train_epochs == 3.0
-    assert cfg.checkpointing_steps == "epoch" and cfg.max_train_steps == 7 and cfg.dry_run is True
-    assert cfg.wandb_tags == ["a", "b"]
-    assert load_config(_base("--checkpointing_steps", "100")).checkpointing_steps == 100
-    assert load_config(_base("--resume_from_checkpoint", "null")).resume_from_checkpoint is None
+    assert cfg.optimizer.learning_rate == 5e-5 and cfg.schedule.num_train_epochs == 3.0
+    assert cfg.schedule.checkpointing_steps == "epoch" and cfg.schedule.max_train_steps == 7 and cfg.run.dry_run is True
+    assert cfg.tracking.wandb_tags == ["a", "b"]
+    assert load_and_check(_base("--checkpointing_steps", "100")).checkpointing_steps == 100
+    assert load_and_check(_base("--resume_from_checkpoint", "null")).resume_from_checkpoint is None
 
 
 @pytest.mark.parametrize("args, key", [
@@ -57,26 +58,26 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
 ])
 def test_bad_values_name_the_key(args: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        load_config(_base(*args))
+        load_and_check(_base(*args))
 
 
 def test_unknown_yaml_key_and_missing_file(tmp_path: Path) -> None:
     y = tmp_path / "run.yaml"
     y.write_text("learning_rate: 1.0e-4\nlearnig_rate: 2\n")
     with pytest.raises(ConfigError, match="learnig_rate"):
-        load_config(["--config", str(y)])
+        load_and_check(["--config", str(y)])
     with pytest.raises(ConfigError, match="not found"):
-        load_config(["--config", str(tmp_path / "absent.yaml")])
+        load_and_check(["--config", str(tmp_path / "absent.yaml")])
 
 
 def test_needs_data_and_v2_consistency() -> None:
     with pytest.raises(ConfigError, match="train_file"):
-        load_config(["--deepspeed", "null", "--validation_file", DEV])
+        load_and_check(["--deepspeed", "null", "--validation_file", DEV])
     with pytest.raises(ConfigError, match="version_2_with_negative"):
-        load_config(["--deepspeed", "null", "--dataset_name", "squad_v2"])
+        load_and_check(["--deepspeed", "null", "--dataset_name", "squad_v2"])
     # eval-only runs need no training data
-    cfg = load_config(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false"])
-    assert cfg.do_train is False
+    cfg = load_and_check(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false"])
+    assert cfg.run.do_train is False
 
 
 def test_train_py_rejects_bad_config_before_loading_anything(tmp_path: Path) -> None:
@@ -93,12 +94,12 @@ def test_train_py_rejects_bad_config_before_loading_anything(tmp_path: Path) -> 
 
 def test_eval_only_with_resume_is_refused() -> None:
     with pytest.raises(ConfigError, match="resume_from_checkpoint: only for training"):
-        load_config(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false",
+        load_and_check(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false",
                      "--resume_from_checkpoint", "auto"])
 
 
 def test_yaml_no_means_the_string_no(tmp_path: Path) -> None:
     y = tmp_path / "run.yaml"
     y.write_text(f"train_file: {TRAIN}\nvalidation_file: {DEV}\ndeepspeed: null\nmixed_precision: no\n")
-    assert load_config(["--config", str(y)]).mixed_precision == "no"
-    assert load_config(_base("--mixed_precision", "no")).mixed_precision == "no"
+    assert load_and_check(["--config", str(y)]).mixed_precision == "no"
+    assert load_and_check(_base("--mixed_precision", "no")).mixed_precision == "no"

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from qa.config import load_config
 from qa.errors import ConfigError
+from qa.preflight.config_checks import load_and_check
 
 DEV = str(Path(__file__).resolve().parents[3] / "data" / "demo" / "dev.json")
 ONLY_PREDICT = ["--do_train", "false", "--do_eval", "false", "--deepspeed", "null"]
 
 
 def test_predict_alone_is_something_to_do() -> None:
-    cfg = load_config([*ONLY_PREDICT, "--do_predict", "--test_file", DEV, "--max_predict_samples", "5"])
-    assert (cfg.do_predict, cfg.test_file, cfg.max_predict_samples) == (True, DEV, 5)
-    assert load_config(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false"]).do_predict is False
+    cfg = load_and_check([*ONLY_PREDICT, "--do_predict", "--test_file", DEV, "--max_predict_samples", "5"])
+    assert (cfg.run.do_predict, cfg.data.test_file, cfg.data.max_predict_samples) == (True, DEV, 5)
+    assert load_and_check(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false"]).do_predict is False
 
 
 @pytest.mark.parametrize("args, key", [
@@ -27,9 +27,9 @@ def test_predict_alone_is_something_to_do() -> None:
 ])
 def test_bad_predict_settings_name_the_key(args: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        load_config([*ONLY_PREDICT, *args])
+        load_and_check([*ONLY_PREDICT, *args])
 
 
 def test_test_file_is_not_checked_when_not_predicting() -> None:
-    cfg = load_config([*ONLY_PREDICT[:2], "--validation_file", DEV, "--deepspeed", "null", "--test_file", "/nope"])
-    assert not cfg.do_predict
+    cfg = load_and_check([*ONLY_PREDICT[:2], "--validation_file", DEV, "--deepspeed", "null", "--test_file", "/nope"])
+    assert not cfg.run.do_predict

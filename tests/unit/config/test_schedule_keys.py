@@ -9,21 +9,18 @@ import pytest
 import torch
 from transformers import SchedulerType
 
-from qa.config import TrainConfig, load_config, split_config
-from qa.config.checks import UNSUPPORTED_SCHEDULERS
+from configs import ds_sections
+from qa.config import Config, make_config
+from qa.model.settings import UNSUPPORTED_SCHEDULERS
 from qa.distributed.accelerator import load_deepspeed_config
-from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
 from qa.model.optim import build_scheduler, warmup_steps
-from qa.model.settings import OptimizerSettings
+from qa.preflight.config_checks import load_and_check
 
 REPO = Path(__file__).resolve().parents[3]
 TRAIN = str(REPO / "data" / "demo" / "train.json")
 DEV = str(REPO / "data" / "demo" / "dev.json")
 
-def _ds_sections(cfg: TrainConfig) -> tuple[DistributedSettings, OptimizerSettings]:
-    sections = split_config(cfg)
-    return sections.distributed, sections.optimizer
 
 
 
@@ -31,11 +28,11 @@ def _base(*extra: str) -> list[str]:
     return ["--train_file", TRAIN, "--validation_file", DEV, "--deepspeed", "null", *extra]
 
 
-def _lrs(cfg: TrainConfig, total: int) -> list[float]:
+def _lrs(cfg: Config, total: int) -> list[float]:
     """The learning rate after each of ``total`` optimizer steps under build_scheduler."""
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=cfg.learning_rate)
-    sched = build_scheduler(split_config(cfg).optimizer, opt, total, None)
+    opt = torch.optim.AdamW([p], lr=cfg.optimizer.learning_rate)
+    sched = build_scheduler(cfg.optimizer, opt, total, None)
     out = []
     for _ in range(total):
         opt.step()
@@ -45,8 +42,8 @@ def _lrs(cfg: TrainConfig, total: int) -> list[float]:
 
 
 def test_warmup_ratio_of_50_steps_warms_up_for_5(tmp_path: Path) -> None:
-    cfg = load_config(_base("--warmup_ratio", "0.1", "--learning_rate", "1e-3"))
-    assert cfg.num_warmup_steps == 0 and warmup_steps(split_config(cfg).optimizer, 50) == 5
+    cfg = load_and_check(_base("--warmup_ratio", "0.1", "--learning_rate", "1e-3"))
+    assert cfg.optimizer.num_warmup_steps == 0 and warmup_steps(cfg.optimizer, 50) == 5
     lrs = _lrs(cfg, 50)
     assert max(range(50), key=lrs.__getitem__) + 1 == 5  # peak after the 5th step
     assert lrs[4] == pytest.approx(1e-3) and lrs[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4])
@@ -55,24 +52,24 @@ def test_warmup_ratio_of_50_steps_warms_up_for_5(tmp_path: Path) -> None:
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}},
                    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": "auto",
                                                                      "total_num_steps": "auto"}}}))
-    filled = load_deepspeed_config(*_ds_sections(TrainConfig(deepspeed=str(ds), warmup_ratio=0.1)), world_size=1,
+    filled = load_deepspeed_config(*ds_sections(make_config(deepspeed=str(ds), warmup_ratio=0.1)), world_size=1,
                                    precision="no", num_training_steps=50)
     assert filled["scheduler"]["params"]["warmup_num_steps"] == 5
     assert filled["scheduler"]["params"]["total_num_steps"] == 50
     # num_warmup_steps alone keeps its meaning; float error does not add a step (0.1 * 30 = 3.0000000000000004).
-    assert warmup_steps(split_config(TrainConfig(num_warmup_steps=7)).optimizer, 50) == 7
-    assert warmup_steps(split_config(TrainConfig(warmup_ratio=0.1)).optimizer, 30) == 3
-    assert warmup_steps(split_config(TrainConfig(warmup_ratio=0.1)).optimizer, 31) == 4  # rounded up, as transformers does
+    assert warmup_steps(make_config(num_warmup_steps=7).optimizer, 50) == 7
+    assert warmup_steps(make_config(warmup_ratio=0.1).optimizer, 30) == 3
+    assert warmup_steps(make_config(warmup_ratio=0.1).optimizer, 31) == 4  # rounded up, as transformers does
 
 
 def test_warmup_ratio_and_steps_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^num_warmup_steps \(5\) and warmup_ratio \(0.1\) are both set"):
-        load_config(_base("--num_warmup_steps", "5", "--warmup_ratio", "0.1"))
+        load_and_check(_base("--num_warmup_steps", "5", "--warmup_ratio", "0.1"))
     y = tmp_path / "run.yaml"
     y.write_text(f"train_file: {TRAIN}\nvalidation_file: {DEV}\ndeepspeed: null\nnum_warmup_steps: 5\n")
-    assert load_config(["--config", str(y), "--num_warmup_steps", "0", "--warmup_ratio", "0.06"]).warmup_ratio == 0.06
+    assert load_and_check(["--config", str(y), "--num_warmup_steps", "0", "--warmup_ratio", "0.06"]).warmup_ratio == 0.06
     with pytest.raises(ConfigError, match=r"^warmup_ratio: must be in \[0, 1\]"):
-        load_config(_base("--warmup_ratio", "1.5"))
+        load_and_check(_base("--warmup_ratio", "1.5"))
 
 
 @pytest.mark.parametrize("name", [s.value for s in SchedulerType])
@@ -80,13 +77,13 @@ def test_every_scheduler_type_is_offered_and_runs_or_is_refused(name: str) -> No
     """The choices come from transformers' enum; the ones our loop cannot step are refused up front."""
     if name in UNSUPPORTED_SCHEDULERS:
         with pytest.raises(ConfigError, match=rf"^lr_scheduler_type: {name} (steps on|needs)"):
-            load_config(_base("--lr_scheduler_type", name))
+            load_and_check(_base("--lr_scheduler_type", name))
         with pytest.raises((TypeError, ValueError)):  # what the job would hit minutes in
-            _lrs(TrainConfig(lr_scheduler_type=name, num_warmup_steps=5), 50)
+            _lrs(make_config(lr_scheduler_type=name, num_warmup_steps=5), 50)
         return
-    cfg = load_config(_base("--lr_scheduler_type", name, "--warmup_ratio", "0.1"))
+    cfg = load_and_check(_base("--lr_scheduler_type", name, "--warmup_ratio", "0.1"))
     lrs = _lrs(cfg, 50)
     if name == "constant":  # transformers' constant schedule has no warmup
-        assert lrs == [cfg.learning_rate] * 50
+        assert lrs == [cfg.optimizer.learning_rate] * 50
     else:
-        assert lrs[4] == pytest.approx(cfg.learning_rate) and lrs[0] < lrs[4]  # warmed up over 5 steps
+        assert lrs[4] == pytest.approx(cfg.optimizer.learning_rate) and lrs[0] < lrs[4]  # warmed up over 5 steps

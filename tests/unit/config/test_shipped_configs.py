@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from configs import ds_sections
 from fixtures import REPO, launch, make_tiny_model
-from qa.config import TrainConfig, load_config, split_config
+from qa.config import Config, make_config
 from qa.distributed.accelerator import load_deepspeed_config, zero_stage
-from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
-from qa.model.settings import OptimizerSettings
 from qa.preflight.checks import _ACCELERATE_FIELDS_REFUSED_WITH_JSON, _check_ds_values, check_plan
+from qa.preflight.config_checks import load_and_check
 from qa.preflight.launch import accelerate_config_for
 
 CONFIGS = REPO / "configs"
@@ -24,9 +24,6 @@ DS_JSONS = sorted((CONFIGS / "deepspeed").glob("*.json"))
 OWNED_BY_RUN_CONFIG = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                        "gradient_clipping")
 
-def _ds_sections(cfg: TrainConfig) -> tuple[DistributedSettings, OptimizerSettings]:
-    sections = split_config(cfg)
-    return sections.distributed, sections.optimizer
 
 
 
@@ -42,17 +39,17 @@ def test_there_is_something_to_check() -> None:
     assert {p.name for p in DS_JSONS} >= {"zero2.json", "zero3.json", "zero3_offload.json"}
 
 
-def _load_run(path: Path) -> TrainConfig:
-    return load_config(["--config", str(path)], check_files=False)
+def _load_run(path: Path) -> Config:
+    return load_and_check(["--config", str(path)], check_files=False)
 
 
-def _intended_launch(cfg: TrainConfig, path: Path) -> tuple[int, bool]:
+def _intended_launch(cfg: Config, path: Path) -> tuple[int, bool]:
     """(world size, cuda) the file is written for: its total_train_batch_size says how many processes."""
     cuda = "cpu" not in path.name
-    if cfg.total_train_batch_size is None:
+    if cfg.batch.total_train_batch_size is None:
         return (2 if not cuda else 1), cuda
-    per_process = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    return cfg.total_train_batch_size // per_process, cuda
+    per_process = cfg.batch.per_device_train_batch_size * cfg.batch.gradient_accumulation_steps
+    return cfg.batch.total_train_batch_size // per_process, cuda
 
 
 @pytest.mark.parametrize("path", RUN_YAMLS, ids=_id)
@@ -75,16 +72,16 @@ def test_squad_recipes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     cfg = _load_run(path)
     v2 = "v2" in path.name
-    assert cfg.dataset_name == ("squad_v2" if v2 else "squad") and cfg.version_2_with_negative is v2
-    assert (cfg.max_seq_length, cfg.doc_stride) == (384, 128)
-    assert cfg.mixed_precision == "auto" and cfg.resume_from_checkpoint == "auto"
-    assert cfg.total_train_batch_size is not None  # the recipe's global batch is pinned
-    assert cfg.deepspeed is not None
+    assert cfg.data.dataset_name == ("squad_v2" if v2 else "squad") and cfg.data.version_2_with_negative is v2
+    assert (cfg.data.max_seq_length, cfg.data.doc_stride) == (384, 128)
+    assert cfg.distributed.mixed_precision == "auto" and cfg.checkpoint.resume_from_checkpoint == "auto"
+    assert cfg.batch.total_train_batch_size is not None  # the recipe's global batch is pinned
+    assert cfg.distributed.deepspeed is not None
     if "zero3" in path.name:
-        assert zero_stage(json.loads(Path(cfg.deepspeed).read_text())) == 3
+        assert zero_stage(json.loads(Path(cfg.distributed.deepspeed).read_text())) == 3
     # The accelerate YAML the launch scripts pick for 8 GPUs names the same JSON, so using it directly agrees.
     acc = yaml.safe_load(Path(accelerate_config_for(cfg, 8, True)).read_text())
-    assert acc["deepspeed_config"]["deepspeed_config_file"] == cfg.deepspeed
+    assert acc["deepspeed_config"]["deepspeed_config_file"] == cfg.distributed.deepspeed
 
 
 @pytest.mark.parametrize("path", ACCELERATE_YAMLS, ids=_id)
@@ -134,9 +131,9 @@ def test_deepspeed_json_leaves_run_values_to_the_run_config(path: Path, precisio
     for section in ("optimizer", "scheduler"):
         for key, value in raw.get(section, {}).get("params", {}).items():
             assert value == "auto", f"{path.name}: {section}.params.{key}"
-    cfg = TrainConfig(deepspeed=str(path), per_device_train_batch_size=6, gradient_accumulation_steps=2,
+    cfg = make_config(deepspeed=str(path), per_device_train_batch_size=6, gradient_accumulation_steps=2,
                       max_grad_norm=0.7, mixed_precision=precision)
-    filled = load_deepspeed_config(*_ds_sections(cfg), world_size=8, precision=precision)
+    filled = load_deepspeed_config(*ds_sections(cfg), world_size=8, precision=precision)
     assert filled["train_micro_batch_size_per_gpu"] == 6 and filled["train_batch_size"] == 96
     assert filled["gradient_clipping"] == 0.7 and filled["fp16"]["enabled"] is (precision == "fp16")
     check_plan(cfg, 8, cuda=precision == "fp16")  # also: an optimizer section needs a scheduler section
@@ -159,7 +156,7 @@ def test_offload_json() -> None:
     assert raw.get("zero_force_ds_cpu_optimizer", True) is True
     with_optimizer = {**raw, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}
     with pytest.raises(ConfigError, match="no \"scheduler\" section"):
-        _check_ds_values(TrainConfig(), with_optimizer, "x")
+        _check_ds_values(make_config(), with_optimizer, "x")
 
 
 @pytest.mark.slow

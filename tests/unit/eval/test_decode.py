@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qa.eval.decode import decode, pack_offsets
-from qa.eval.reference import reference_decode
+from reference_decode import reference_decode
 
 CONTEXT = "The quick brown fox jumps over the lazy dog"
 WORDS = [(0, 3), (4, 9), (10, 15), (16, 19), (20, 25), (26, 30), (31, 34), (35, 39), (40, 43)]

@@ -7,26 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import ds_sections
 from fixtures import DEMO_DATA, make_tiny_model
-from qa.config import TrainConfig, load_config, split_config
 from qa.distributed.accelerator import load_deepspeed_config
-from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
 from qa.model.build import load_tokenizer
 from qa.model.optim import param_groups
-from qa.model.settings import OptimizerSettings
+from qa.preflight.config_checks import load_and_check
 from qa.trainer.perf import gpu_peak_tflops, model_shape, train_flops
 
 REPO = Path(__file__).resolve().parents[3]
 
-def _ds_sections(cfg: TrainConfig) -> tuple[DistributedSettings, OptimizerSettings]:
-    sections = split_config(cfg)
-    return sections.distributed, sections.optimizer
 
 
 
 def _cfg(*extra: str):
-    return load_config(["--train_file", str(DEMO_DATA / "train.json"), "--validation_file",
+    return load_and_check(["--train_file", str(DEMO_DATA / "train.json"), "--validation_file",
                         str(DEMO_DATA / "dev.json"), "--deepspeed", str(REPO / "configs/deepspeed/zero2.json"),
                         *extra])
 
@@ -45,7 +41,7 @@ def test_weight_decay_skips_biases_and_norms(tmp_path: Path) -> None:
 
 def test_deepspeed_auto_values_come_from_the_run_config() -> None:
     cfg = _cfg("--per_device_train_batch_size", "6", "--gradient_accumulation_steps", "3", "--max_grad_norm", "0.5")
-    ds = load_deepspeed_config(*_ds_sections(cfg), world_size=4, precision="bf16")
+    ds = load_deepspeed_config(*ds_sections(cfg), world_size=4, precision="bf16")
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (6, 3)
     assert ds["train_batch_size"] == 6 * 3 * 4 and ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
@@ -56,7 +52,7 @@ def test_deepspeed_json_disagreeing_with_run_config_is_refused(tmp_path: Path) -
     path.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4}')
     cfg = _cfg("--deepspeed", str(path), "--per_device_train_batch_size", "8")
     with pytest.raises(ConfigError, match='train_micro_batch_size_per_gpu=4 .* set it to "auto"'):
-        load_deepspeed_config(*_ds_sections(cfg), world_size=1, precision="no")
+        load_deepspeed_config(*ds_sections(cfg), world_size=1, precision="no")
 
 
 def test_left_padding_tokenizer_is_refused(tmp_path: Path) -> None:
@@ -67,7 +63,7 @@ def test_left_padding_tokenizer_is_refused(tmp_path: Path) -> None:
     tok.padding_side = "left"
     tok.save_pretrained(model_dir)
     with pytest.raises(ConfigError, match="pads on the left"):
-        load_tokenizer(split_config(_cfg("--model_name_or_path", str(model_dir))).model)
+        load_tokenizer(_cfg("--model_name_or_path", str(model_dir)).model)
 
 
 def test_flops_and_peaks(tmp_path: Path) -> None:

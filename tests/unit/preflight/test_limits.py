@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer, BertConfig, DebertaV2Config, DistilBertConfig, RobertaConfig
 
 from fixtures import REPO, base_env, make_tiny_model, minilm_dir
-from qa.config import TrainConfig
+from qa.config import make_config
 from qa.errors import ConfigError
 from qa.preflight.limits import check_max_seq_length, position_limit, tokenizer_limit
 
@@ -39,12 +39,12 @@ def test_too_long_windows_are_refused_naming_the_key_and_the_limit() -> None:
     roberta = RobertaConfig(max_position_embeddings=130, pad_token_id=1)
     with pytest.raises(ConfigError, match=r"^max_seq_length: 256 is more than m allows \(128: the model's "
                                           r"max_position_embeddings 130 minus the padding offset 2"):
-        check_max_seq_length(TrainConfig(model_name_or_path="m", max_seq_length=256), roberta, tok)
-    check_max_seq_length(TrainConfig(model_name_or_path="m", max_seq_length=128, doc_stride=32), roberta, tok)
+        check_max_seq_length(make_config(model_name_or_path="m", max_seq_length=256), roberta, tok)
+    check_max_seq_length(make_config(model_name_or_path="m", max_seq_length=128, doc_stride=32), roberta, tok)
     tok.model_max_length = 100
     with pytest.raises(ConfigError, match=r"^max_seq_length: 128 .* \(100: the tokenizer's model_max_length "
                                           r"100\); set --max_seq_length 100 or less"):
-        check_max_seq_length(TrainConfig(model_name_or_path="m", max_seq_length=128, doc_stride=32), roberta, tok)
+        check_max_seq_length(make_config(model_name_or_path="m", max_seq_length=128, doc_stride=32), roberta, tok)
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

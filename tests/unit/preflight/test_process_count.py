@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qa.config import TrainConfig
+from qa.config import make_config
 from qa.errors import ConfigError
 from qa.preflight.process_count import check_process_count, requested_processes
 
@@ -33,7 +33,7 @@ def test_requested_processes(env: dict, argv: list[str] | None, expected: int | 
 
 def test_the_message_gives_the_command_that_works() -> None:
     env, launcher = {**SIMPLE, **RENDEZVOUS}, [*ACCELERATE, "--num_processes", "2", "train.py"]
-    cfg = TrainConfig(deepspeed="configs/deepspeed/zero2.json")
+    cfg = make_config(deepspeed="configs/deepspeed/zero2.json")
     with pytest.raises(ConfigError) as e:
         check_process_count(cfg, env, ["train.py", "--config", "my run.yaml"], launcher)
     msg = str(e.value)
@@ -41,4 +41,4 @@ def test_the_message_gives_the_command_that_works() -> None:
     assert ("accelerate launch --num_processes 2 --use_deepspeed --deepspeed_config_file "
             "configs/deepspeed/zero2.json train.py --config 'my run.yaml'") in msg
     with pytest.raises(ConfigError, match=r"accelerate launch --num_processes 2 --multi_gpu train.py"):
-        check_process_count(TrainConfig(deepspeed=None), env, ["train.py"], launcher)
+        check_process_count(make_config(deepspeed=None), env, ["train.py"], launcher)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from fixtures import DEMO_DATA, REPO, base_env, launch, make_tiny_model
-from qa.config import TrainConfig, load_config
+from qa.config import Config, make_config
 from qa.errors import ConfigError
 from qa.preflight.checks import check_plan
+from qa.preflight.config_checks import load_and_check
 from qa.preflight.counts import Schedule, training_schedule
 from qa.preflight.memory import estimate_memory
 from qa.preflight.report import describe_plan, format_bytes
@@ -38,14 +39,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def _cfg(tiny: Path | None = None, *extra: str) -> TrainConfig:
+def _cfg(tiny: Path | None = None, *extra: str) -> Config:
     args = ["--train_file", str(DEMO_DATA / "train.json"), "--validation_file", str(DEMO_DATA / "dev.json"),
             "--max_seq_length", "256", "--doc_stride", "64", "--per_device_train_batch_size", "8",
             "--num_train_epochs", "3", "--mixed_precision", "'no'", "--deepspeed", ZERO2,
             "--report_to", "none", "--output_dir", "/nonexistent/never-created"]
     if tiny is not None:
         args += ["--model_name_or_path", str(tiny)]
-    return load_config(args + list(extra))
+    return load_and_check(args + list(extra))
 
 
 def _row(plan: str, key: str, section: str | None = None) -> str:
@@ -117,7 +118,7 @@ def test_plan_counts_features_steps_and_memory_on_the_demo_data(tiny: Path) -> N
 
 def test_plan_without_the_dataset_or_model_config_says_unknown(tiny: Path) -> None:
     # Hub names that are not cached (the test session is offline): the plan still prints.
-    cfg = load_config(["--dataset_name", "squad_v2", "--version_2_with_negative", "true",
+    cfg = load_and_check(["--dataset_name", "squad_v2", "--version_2_with_negative", "true",
                        "--tokenizer_name", str(tiny), "--model_name_or_path", "no-such-org/no-such-model",
                        "--mixed_precision", "'no'", "--deepspeed", ZERO2], check_files=False)
     plan = describe_plan(cfg, world_size=8, cuda=False)
@@ -135,14 +136,14 @@ def test_plan_without_the_dataset_or_model_config_says_unknown(tiny: Path) -> No
 
 def test_schedule_follows_the_training_loop() -> None:
     # 100 features, 8 per device x 2 processes x 2 accumulation = 32 per step: 3 whole steps per epoch.
-    cfg = TrainConfig(per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=2.5)
+    cfg = make_config(per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=2.5)
     sched = training_schedule(cfg, 100, 2)
     assert (sched.steps_per_epoch, sched.total_steps, sched.epochs) == (3, 8, 3)
     assert sched.epoch_ends() == [3, 6]  # the third epoch stops at step 8, inside it
     full = Schedule(global_batch=32, steps_per_epoch=3, total_steps=9, epochs=3)
     assert full.epoch_ends() == [3, 6, 9]  # an epoch checkpoint after the last epoch too
     assert full.epoch_evaluations() == [3, 6]  # the final evaluation replaces the last epoch's
-    capped = training_schedule(TrainConfig(per_device_train_batch_size=8, max_train_steps=7), 100, 2)
+    capped = training_schedule(make_config(per_device_train_batch_size=8, max_train_steps=7), 100, 2)
     assert (capped.steps_per_epoch, capped.total_steps, capped.epochs) == (6, 7, 2)
 
 

@@ -27,7 +27,7 @@ from qa.eval.settings import DecodeSettings
 
 def reference_decode(ids: Sequence[str], contexts: Sequence[str], feat_ex: np.ndarray, offsets: np.ndarray,
                      start: np.ndarray, end: np.ndarray, *, n_best_size: int = DecodeSettings.n_best_size, max_answer_length: int = DecodeSettings.max_answer_length,
-                     version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0,
+                     version_2_with_negative: bool = False, null_score_diff_threshold: float = DecodeSettings.null_score_diff_threshold,
                      cls_index: np.ndarray | None = None) -> Decoded:
     length = min(offsets.shape[1], start.shape[1])
     out = Decoded(predictions={}, nbest={})

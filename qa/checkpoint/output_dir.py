@@ -23,11 +23,12 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qa.checkpoint.state import STATE_FILE, TrainState
-from qa.config import TrainConfig
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 
@@ -64,22 +65,33 @@ def _inside(path: str | None, directory: Path) -> bool:
     return p.exists() and (p.resolve() == directory.resolve() or directory.resolve() in p.resolve().parents)
 
 
-def check_output_dir(cfg: TrainConfig) -> None:
+@dataclass(frozen=True)
+class OutputDirUse:
+    """How a run means to use its output_dir: built from the run, checkpoint and input keys (qa.preflight)."""
+
+    output_dir: Path
+    overwrite_output_dir: bool
+    resume_from_checkpoint: str | None
+    do_train: bool
+    inputs: Mapping[str, str | None]  # key -> a path the run reads, which must not be moved aside
+
+
+def check_output_dir(use: OutputDirUse) -> None:
     """Refuse a run that would mix its files with another run's; read-only (the dry run calls it too)."""
-    out = Path(cfg.output_dir)
-    if cfg.overwrite_output_dir and cfg.resume_from_checkpoint is not None:
+    out = Path(use.output_dir)
+    if use.overwrite_output_dir and use.resume_from_checkpoint is not None:
         # Moving the directory aside would move the checkpoint the run is about to resume from; under a
         # requeueing launcher (SLURM adds --resume_from_checkpoint auto) it would discard every attempt.
         raise ConfigError(f"overwrite_output_dir: cannot be combined with resume_from_checkpoint "
-                          f"{cfg.resume_from_checkpoint!r}; to start over pass --resume_from_checkpoint null "
+                          f"{use.resume_from_checkpoint!r}; to start over pass --resume_from_checkpoint null "
                           "--overwrite_output_dir")
-    if cfg.overwrite_output_dir:
-        for key in ("model_name_or_path", "tokenizer_name", "train_file", "validation_file"):
-            if _inside(getattr(cfg, key), out) and _has_contents(out):
-                raise ConfigError(f"overwrite_output_dir: {key} {getattr(cfg, key)} lies inside output_dir "
+    if use.overwrite_output_dir:
+        for key, path in use.inputs.items():
+            if _inside(path, out) and _has_contents(out):
+                raise ConfigError(f"overwrite_output_dir: {key} {path} lies inside output_dir "
                                   f"{out}, which would be moved aside; copy it elsewhere first")
         return
-    if cfg.resume_from_checkpoint is not None or not cfg.do_train:
+    if use.resume_from_checkpoint is not None or not use.do_train:
         return  # resuming continues the run that is there; evaluation writes no checkpoints or final model
     found = previous_run(out)
     if found:
@@ -89,18 +101,18 @@ def check_output_dir(cfg: TrainConfig) -> None:
             "--output_dir")
 
 
-def check_resume_step(cfg: TrainConfig, resume_path: Path | None) -> None:
+def check_resume_step(max_train_steps: int | None, resume_path: Path | None) -> None:
     """A checkpoint past max_train_steps would train backwards into a finished schedule: refuse it."""
-    if resume_path is None or cfg.max_train_steps is None:
+    if resume_path is None or max_train_steps is None:
         return
     state_file = Path(resume_path) / STATE_FILE
     if not state_file.is_file():
         return  # the checkpointer reports a checkpoint without its state
     step = TrainState.from_file(state_file).global_step
-    if step > cfg.max_train_steps:
+    if step > max_train_steps:
         raise ConfigError(
             f"resume_from_checkpoint: {resume_path} is at step {step}, past max_train_steps "
-            f"{cfg.max_train_steps}; raise --max_train_steps to at least {step} or start a new run in another "
+            f"{max_train_steps}; raise --max_train_steps to at least {step} or start a new run in another "
             "--output_dir")
 
 
@@ -161,18 +173,18 @@ def _record(fd: int) -> None:
     os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
 
 
-def claim(cfg: TrainConfig) -> Path | None:
+def claim(use: OutputDirUse) -> Path | None:
     """Rank 0: check, lock, and (with overwrite_output_dir) move an earlier run aside. Returns where it went."""
-    out = Path(cfg.output_dir)
+    out = Path(use.output_dir)
     fd = _lock(out / LOCK_FILE, create=False)  # a live run refuses us before anything else is looked at
     try:
-        check_output_dir(cfg)
+        check_output_dir(use)
     except UserError:
         if fd is not None:
             os.close(fd)
         raise
     moved = None
-    if cfg.overwrite_output_dir and _has_contents(out):
+    if use.overwrite_output_dir and _has_contents(out):
         moved = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
         n = 1
         while moved.exists():
@@ -211,13 +223,13 @@ def abandon(output_dir: str | os.PathLike) -> None:
         pass
 
 
-def claim_output_dir(cfg: TrainConfig, accelerator: Accelerator) -> None:
+def claim_output_dir(use: OutputDirUse, accelerator: Accelerator) -> None:
     """Collective: refuse another run's or a live run's directory, else lock it (rank 0) for this run."""
-    moved = on_rank_zero(accelerator, lambda: claim(cfg))
+    moved = on_rank_zero(accelerator, lambda: claim(use))
     if moved is not None and accelerator.is_main_process:
-        logger.warning("overwrite_output_dir: the earlier run in %s was moved to %s", cfg.output_dir, moved)
+        logger.warning("overwrite_output_dir: the earlier run in %s was moved to %s", use.output_dir, moved)
 
 
-def check_resume_target(cfg: TrainConfig, resume_path: Path | None, accelerator: Accelerator) -> None:
+def check_resume_target(max_train_steps: int | None, resume_path: Path | None, accelerator: Accelerator) -> None:
     """Collective: refuse a resume checkpoint past max_train_steps (read on rank 0)."""
-    on_rank_zero(accelerator, lambda: check_resume_step(cfg, resume_path))
+    on_rank_zero(accelerator, lambda: check_resume_step(max_train_steps, resume_path))

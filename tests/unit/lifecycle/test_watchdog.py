@@ -20,10 +20,10 @@ PARENT = textwrap.dedent("""
 """)
 GUARDS = {
     # what train.py does: both guards, only when a launcher's variables say it was launched
-    "watch_launcher": "from qa.trainer.watchdog import watch_launcher; assert watch_launcher()",
+    "watch_launcher": "from qa.lifecycle.watchdog import watch_launcher; assert watch_launcher()",
     # each guard alone
-    "prctl": "from qa.trainer.watchdog import _set_parent_death_signal; assert _set_parent_death_signal()",
-    "thread": ("import os, threading; from qa.trainer.watchdog import _watch; "
+    "prctl": "from qa.lifecycle.watchdog import _set_parent_death_signal; assert _set_parent_death_signal()",
+    "thread": ("import os, threading; from qa.lifecycle.watchdog import _watch; "
                "threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()"),
 }
 LAUNCHED = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -58,7 +58,7 @@ def test_worker_exits_within_seconds_of_its_launcher(guard: str) -> None:
 
 PROBE = textwrap.dedent("""
     import ctypes, threading
-    from qa.trainer.watchdog import watch_launcher
+    from qa.lifecycle.watchdog import watch_launcher
     guarded = watch_launcher()
     sig = ctypes.c_int(0)
     ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG

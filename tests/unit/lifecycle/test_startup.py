@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from qa.trainer.startup import format_timeline
+from qa.lifecycle.startup import format_timeline
 
 # Torch's own deprecation warning from a real 1-rank gloo collective, with the warning-registry resets that
 # libraries do between calls (warnings.catch_warnings), as under DeepSpeed ZeRO on CPU.
@@ -17,7 +17,7 @@ COLLECTIVES = textwrap.dedent("""
     import torch, torch.distributed as dist
     from qa.distributed.accelerator import free_port
     if sys.argv[1] == "quiet":
-        from qa.trainer.startup import quiet_repeated_warnings
+        from qa.lifecycle.startup import quiet_repeated_warnings
         quiet_repeated_warnings()
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{free_port()}")
     x, y = torch.ones(4), torch.zeros(4)
@@ -51,7 +51,7 @@ def test_repeated_torch_deprecation_warnings_show_once() -> None:
 
 
 def test_deepspeed_op_cache_is_private_to_the_environment(tmp_path: Path) -> None:
-    probe = "import os; from qa.trainer import startup; startup.prepare_process(); print(os.environ['TORCH_EXTENSIONS_DIR'])"
+    probe = "import os; from qa.lifecycle import startup; startup.prepare_process(); print(os.environ['TORCH_EXTENSIONS_DIR'])"
     env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
@@ -62,7 +62,7 @@ def test_deepspeed_op_cache_is_private_to_the_environment(tmp_path: Path) -> Non
 
 
 def test_ctrl_c_before_training_exits_130_with_one_line() -> None:
-    probe = ("import os, signal, time; from qa.trainer import startup; startup.prepare_process(); "
+    probe = ("import os, signal, time; from qa.lifecycle import startup; startup.prepare_process(); "
              "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
     out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
                          capture_output=True, text=True, timeout=60)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import REPO
-from qa.preflight.ops import describe_ops, expected_ops
+from qa.lifecycle.ops import describe_ops, expected_ops
 
 ZERO2 = json.loads((REPO / "configs" / "deepspeed" / "zero2.json").read_text())
 OFFLOAD = json.loads((REPO / "configs" / "deepspeed" / "zero3_offload.json").read_text())

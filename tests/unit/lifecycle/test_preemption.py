@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from qa.trainer.preemption import DUPLICATE_WINDOW_S
+from qa.lifecycle.preemption import DUPLICATE_WINDOW_S
 
 
 def _run(script: str) -> subprocess.CompletedProcess:
@@ -17,7 +17,7 @@ def _run(script: str) -> subprocess.CompletedProcess:
 def test_first_signal_sets_the_flag_and_a_duplicate_is_ignored() -> None:
     proc = _run("""
         import os, signal
-        from qa.trainer.preemption import PreemptionHandler
+        from qa.lifecycle.preemption import PreemptionHandler
         h = PreemptionHandler().install()
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGTERM)  # forwarded copy, moments later
@@ -30,7 +30,7 @@ def test_first_signal_sets_the_flag_and_a_duplicate_is_ignored() -> None:
 def test_a_later_second_signal_exits_at_once() -> None:
     proc = _run(f"""
         import os, signal, time
-        from qa.trainer.preemption import PreemptionHandler
+        from qa.lifecycle.preemption import PreemptionHandler
         h = PreemptionHandler().install()
         os.kill(os.getpid(), signal.SIGTERM)
         h.received_at -= {DUPLICATE_WINDOW_S} + 1  # as if the first signal came a while ago
@@ -44,7 +44,7 @@ def test_a_later_second_signal_exits_at_once() -> None:
 def test_ctrl_c_stops_like_a_preemption_but_exits_130_without_requeue() -> None:
     proc = _run("""
         import os, signal, types
-        from qa.trainer.preemption import PreemptionHandler
+        from qa.lifecycle.preemption import PreemptionHandler
         h = PreemptionHandler().install()
         one_rank = types.SimpleNamespace(device="cpu", num_processes=1)
         print(h.should_stop(one_rank), h.interrupted, h.exit_code)
@@ -62,7 +62,7 @@ def test_ctrl_c_stops_like_a_preemption_but_exits_130_without_requeue() -> None:
 def test_a_second_ctrl_c_exits_at_once_even_moments_later() -> None:
     proc = _run("""
         import os, signal
-        from qa.trainer.preemption import PreemptionHandler
+        from qa.lifecycle.preemption import PreemptionHandler
         PreemptionHandler().install()
         os.kill(os.getpid(), signal.SIGINT)
         print("first one: finishing the step", flush=True)

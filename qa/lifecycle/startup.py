@@ -2,9 +2,9 @@
 
 :func:`prepare_process` runs at the top of ``train.py``, before torch, transformers or DeepSpeed are imported:
 
-* the worker dies with its launcher (:mod:`qa.trainer.watchdog`);
+* the worker dies with its launcher (:mod:`qa.lifecycle.watchdog`);
 * Ctrl-C before training has started exits at once with 130 and one line (the training loop later takes SIGINT
-  over: finish the step, checkpoint, exit 130; see :mod:`qa.trainer.preemption`);
+  over: finish the step, checkpoint, exit 130; see :mod:`qa.lifecycle.preemption`);
 * DeepSpeed's JIT-built ops (on CPU its shared-memory collectives, with offload its CPU Adam) are cached in
   ``<sys.prefix>/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` says otherwise. Torch's default,
   ``~/.cache/torch_extensions/py311_cpu``, is shared by every environment of the user, so another venv's torch
@@ -30,8 +30,8 @@ from types import FrameType
 from typing import TextIO
 
 from qa.errors import EXIT_INTERRUPTED
-from qa.preflight.ops import extensions_dir
-from qa.trainer.watchdog import launched_by_launcher, watch_launcher
+from qa.lifecycle.ops import extensions_dir
+from qa.lifecycle.watchdog import launched_by_launcher, watch_launcher
 
 logger = logging.getLogger("qa")
 
