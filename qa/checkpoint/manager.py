@@ -209,14 +209,15 @@ class Checkpointer:
         acc = self.accelerator
         found = self.resume_finder().find(spec, gather=lambda value: _gather(acc, value),
                                           decide=lambda fn: on_rank_zero(acc, fn), local_main=acc.is_local_main_process)
-        return self._remember(found)
+        return self.remember_resume(found)
 
     def resume_finder(self) -> ResumeFinder:
         """This node's part in choosing the checkpoint, for callers with collectives of their own."""
         return ResumeFinder(root=self.root, layout=self.layout, store=self.store, store_prefix=self.store_prefix,
                             is_main=self._is_main)
 
-    def _remember(self, found: Path | None) -> Path | None:
+    def remember_resume(self, found: Path | None) -> Path | None:
+        """Note the checkpoint a resume found (this run's own is then never rotated away); returns it."""
         if found is not None and found.parent.resolve() == self.root.resolve():
             self.resumed_from = found.name  # this run's own checkpoint: never rotated away from the store
         return found

@@ -22,6 +22,7 @@ from fixtures import (
     make_tiny_model,
     subset_squad,
 )
+from store_tools import download_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -165,7 +166,7 @@ def test_preemption_checkpoints_uploads_and_requeues(work, s3_server) -> None:  
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
     store = s3_server.store(uri)
     assert store.list_complete("resume-test/checkpoints") == [ckpts[0].name]
-    store.download_dir(f"resume-test/checkpoints/{ckpts[0].name}", str(work["root"] / "verify"))  # verifies
+    download_dir(store, f"resume-test/checkpoints/{ckpts[0].name}", str(work["root"] / "verify"))  # verifies
     stopped_at = int(ckpts[0].name.split("_")[1])
     # Requeued: the relaunch resumes and finishes.
     finish_at = stopped_at + 3

@@ -30,6 +30,7 @@ import pytest
 from fixtures import DEMO_DATA, base_env, make_tiny_model, spawn, subset_squad
 from qa.checkpoint.s3 import MULTIPART_ENV
 from qa.checkpoint.state import complete_checkpoints, step_name
+from store_tools import download_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -99,7 +100,7 @@ def _kill_during_multipart_upload(server, store, proc: subprocess.Popen, log: Pa
 
 def _assert_intact(store, names: list[str], dest: Path) -> None:
     for name in names:  # download_dir re-hashes every file against the manifest and raises on any mismatch
-        store.download_dir(f"{PREFIX}/{name}", str(dest / name))
+        download_dir(store, f"{PREFIX}/{name}", str(dest / name))
 
 
 def test_server_killed_mid_upload_then_back(work: dict[str, Path], s3_server) -> None:  # noqa: F811

@@ -37,4 +37,5 @@ def download_dir(store: Any, key_prefix: str, local_dir: str | os.PathLike[str])
 
 def find_resume(ckpt: Checkpointer, spec: str) -> Path | None:
     """``Checkpointer.resolve`` for one process playing every node (no accelerator, no collective)."""
-    return ckpt.resume_finder().find(spec, gather=lambda value: [value], decide=lambda fn: fn(), local_main=True)
+    found = ckpt.resume_finder().find(spec, gather=lambda value: [value], decide=lambda fn: fn(), local_main=True)
+    return ckpt.remember_resume(found)

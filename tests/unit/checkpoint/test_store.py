@@ -20,6 +20,7 @@ from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.s3 import S3Store
 from qa.checkpoint.store import CorruptObjectError, StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
+from store_tools import download_dir
 
 RUN = "run-1/checkpoints"
 Tree = Callable[..., Path]
@@ -47,14 +48,14 @@ def test_round_trip(backend: Any, tree: Tree, tmp_path: Path) -> None:
                                           + [f"{RUN}/step_0000100/{MANIFEST_NAME}"])
 
     dest = tmp_path / "restored" / "step_0000100"
-    assert store.download_dir(f"{RUN}/step_0000100", dest)["files"] == manifest["files"]
+    assert download_dir(store, f"{RUN}/step_0000100", dest)["files"] == manifest["files"]
     got = files_of(dest)
     assert json.loads(got.pop(MANIFEST_NAME))["files"] == manifest["files"]
     assert got == files_of(src)
     # Re-uploading a downloaded checkpoint skips its manifest.json instead of uploading it as data.
     assert MANIFEST_NAME not in store.upload_dir(dest, "copy")["files"]
     with pytest.raises(StorageError, match="not an empty directory"):
-        store.download_dir(f"{RUN}/step_0000100", dest)
+        download_dir(store, f"{RUN}/step_0000100", dest)
 
 
 def test_manifest_is_written_last_and_dropped_first(backend: Any, tree: Tree, tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_manifest_is_written_last_and_dropped_first(backend: Any, tree: Tree, tm
     store.upload_dir(newer, key, metadata={"v": 2}, progress=observe)
     assert seen and all(names == [] and not readable for names, readable in seen)
     assert store.read_manifest(key)["metadata"] == {"v": 2}
-    store.download_dir(key, tmp_path / "got")
+    download_dir(store, key, tmp_path / "got")
     assert (tmp_path / "got" / "rng_state_0.pth").read_bytes() == (newer / "rng_state_0.pth").read_bytes()
 
 
@@ -99,7 +100,7 @@ def test_interrupted_upload_is_not_complete(backend: Any, tree: Tree, tmp_path: 
     with pytest.raises(StorageError, match="no complete upload"):
         store.read_manifest(f"{RUN}/step_0000002")
     with pytest.raises(StorageError, match="no complete upload"):
-        store.download_dir(f"{RUN}/step_0000002", tmp_path / "never")
+        download_dir(store, f"{RUN}/step_0000002", tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
 
@@ -112,7 +113,7 @@ def test_corrupted_or_missing_object_is_refused_by_name(backend: Any, tree: Tree
 
     dest = tmp_path / "restored"
     with pytest.raises(CorruptObjectError) as err:
-        store.download_dir("ckpt", dest)
+        download_dir(store, "ckpt", dest)
     assert store.uri_for("ckpt/rng_state_0.pth") in str(err.value)
     assert hashlib.sha256((src / "rng_state_0.pth").read_bytes()).hexdigest() in str(err.value)  # expected digest
     assert not dest.exists(), "a failed download must not leave a partial directory behind"
@@ -120,7 +121,7 @@ def test_corrupted_or_missing_object_is_refused_by_name(backend: Any, tree: Tree
 
     backend.delete_raw("ckpt/config.json")
     with pytest.raises(StorageError) as err:
-        store.download_dir("ckpt", dest)
+        download_dir(store, "ckpt", dest)
     assert store.uri_for("ckpt/config.json") in str(err.value)
     assert not dest.exists()
 
@@ -135,7 +136,7 @@ def test_malformed_manifest_is_refused(backend: Any, tree: Tree, tmp_path: Path)
     evil = {"format": 1, "files": {"../escaped": {"size": 2, "sha256": "0" * 64}}, "metadata": {}}
     backend.write_raw(f"ckpt/{MANIFEST_NAME}", json.dumps(evil).encode())
     with pytest.raises(CorruptObjectError, match="unsafe path"):
-        store.download_dir("ckpt", tmp_path / "restored")
+        download_dir(store, "ckpt", tmp_path / "restored")
     assert not (tmp_path / "escaped").exists()
     backend.write_raw(f"ckpt/{MANIFEST_NAME}", json.dumps({"files": {"a": {"size": 1}}}).encode())
     with pytest.raises(CorruptObjectError, match="invalid entry"):
@@ -192,7 +193,7 @@ def test_delete_prefix(backend: Any, tree: Tree, tmp_path: Path) -> None:
     assert store.list_complete(RUN) == ["step_0000001"]
     assert not [k for k in store.list_keys(RUN) if "step_0000002" in k]
     assert store.delete_prefix(f"{RUN}/step_0000002") == 0
-    assert store.download_dir(f"{RUN}/step_0000001", tmp_path / "kept")["files"] == kept["files"]
+    assert download_dir(store, f"{RUN}/step_0000001", tmp_path / "kept")["files"] == kept["files"]
     backend.write_raw(f"{RUN}/step_0000003/part", b"x")  # leftovers of a crashed upload go too
     assert store.delete_prefix(f"{RUN}/step_0000003") == 1
     assert all(k.startswith(f"{RUN}/step_0000001/") for k in store.list_keys(RUN))
@@ -350,7 +351,7 @@ def test_config_accepts_a_file_store_location() -> None:
     from qa.errors import ConfigError
 
     base = {"dataset_name": "squad", "do_eval": False}
-    assert from_dict({**base, "s3_uri": "file:///mnt/nfs/ckpts"}, check_files=False).s3_uri == "file:///mnt/nfs/ckpts"
+    assert from_dict({**base, "s3_uri": "file:///mnt/nfs/ckpts"}, check_files=False).storage.s3_uri == "file:///mnt/nfs/ckpts"
     for bad in ("file://relative/x", "file:///", "/mnt/nfs/ckpts", "gs://b/x"):
         with pytest.raises(ConfigError, match="s3_uri"):
             from_dict({**base, "s3_uri": bad}, check_files=False)

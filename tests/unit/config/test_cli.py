@@ -14,7 +14,7 @@ import pytest
 
 from configs import from_mapping as from_dict
 from fixtures import base_env, make_tiny_model
-from qa.config import save_config
+from qa.config import replace_keys, save_config
 from qa.config.sections import SECTIONS
 from qa.errors import ConfigError
 from qa.preflight.config_checks import load_and_check
@@ -53,9 +53,8 @@ def test_help_lists_every_key_with_type_default_and_description() -> None:
                   "--checkpointing_steps INT|epoch|null", "--mixed_precision {auto,no,fp16,bf16}",
                   "--wandb_tags STR [STR ...]", "--config FILE.yaml", "--with_tracking [BOOL]"):
         assert typed in out
-    for section in ("model:", "data:", "training:", "evaluation:", "outputs, checkpoints, resume:", "S3:",
-                    "tracking:"):
-        assert f"\n{section}\n" in proc.stdout
+    for section in SECTIONS.values():  # one group per section, titled as the section says
+        assert f"\n{section.TITLE}:\n" in proc.stdout
 
 
 def test_short_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,9 +73,9 @@ def test_parsing_leaves_the_schema_alone() -> None:
 def test_bare_switch_is_true_and_flags_take_false(tmp_path: Path) -> None:
     cfg = load_and_check(_base("--dry_run", "--do_predict", "--test_file", DEV, "--overwrite_output_dir"))
     assert cfg.run.dry_run is True and cfg.run.do_predict is True and cfg.run.overwrite_output_dir is True
-    assert load_and_check(_base("--do_eval", "false", "--group_by_length", "no")).do_eval is False
-    assert load_and_check(_base("--no_group_by_length")).group_by_length is False
-    assert load_and_check(_base("--dry-run")).dry_run is True  # HfArgumentParser's dashed spelling
+    assert load_and_check(_base("--do_eval", "false", "--group_by_length", "no")).run.do_eval is False
+    assert load_and_check(_base("--no_group_by_length")).batch.group_by_length is False
+    assert load_and_check(_base("--dry-run")).run.dry_run is True  # HfArgumentParser's dashed spelling
     y = _yaml(tmp_path, "dry_run: true\ndo_eval: false\ndeepspeed: null\n")
     cfg = load_and_check(["--config", str(y), "--do_eval"])
     assert cfg.run.dry_run is True and cfg.run.do_eval is True  # the command line wins
@@ -89,8 +88,8 @@ def test_null_and_none_clear_optional_keys(tmp_path: Path) -> None:
     y = _yaml(tmp_path, "save_total_limit: null\nattn_implementation: none\ndeepspeed: ~\n")
     cfg = load_and_check(["--config", str(y)])
     assert (cfg.checkpoint.save_total_limit, cfg.model.attn_implementation, cfg.distributed.deepspeed) == (None, None, None)
-    assert load_and_check(_base("--report_to", "none")).report_to == "none"  # a choice, not null
-    assert load_and_check(_base("--run_name", "'null'")).run_name == "null"  # quoted: literal
+    assert load_and_check(_base("--report_to", "none")).tracking.report_to == "none"  # a choice, not null
+    assert load_and_check(_base("--run_name", "'null'")).run.run_name == "null"  # quoted: literal
     with pytest.raises(ConfigError, match=r"^--output_dir: cannot be null"):
         load_and_check(_base("--output_dir", "null"))
     with pytest.raises(ConfigError, match=r"run.yaml: learning_rate: cannot be null"):
@@ -98,12 +97,12 @@ def test_null_and_none_clear_optional_keys(tmp_path: Path) -> None:
 
 
 def test_checkpointing_steps_is_an_int_epoch_or_null(tmp_path: Path) -> None:
-    got = load_and_check(_base("--checkpointing_steps", "250")).checkpointing_steps
+    got = load_and_check(_base("--checkpointing_steps", "250")).schedule.checkpointing_steps
     assert got == 250 and type(got) is int
-    assert load_and_check(_base("--checkpointing_steps", "epoch")).checkpointing_steps == "epoch"
-    assert load_and_check(_base("--checkpointing_steps", "null")).checkpointing_steps is None
+    assert load_and_check(_base("--checkpointing_steps", "epoch")).schedule.checkpointing_steps == "epoch"
+    assert load_and_check(_base("--checkpointing_steps", "null")).schedule.checkpointing_steps is None
     assert load_and_check(["--config", str(_yaml(tmp_path, "deepspeed: null\ncheckpointing_steps: 40\n"))]
-                       ).checkpointing_steps == 40
+                       ).schedule.checkpointing_steps == 40
     with pytest.raises(ConfigError, match=r"^--checkpointing_steps: expected an integer, 'epoch' or null, "
                                           r"got 'often'$"):
         load_and_check(_base("--checkpointing_steps", "often"))
@@ -112,11 +111,11 @@ def test_checkpointing_steps_is_an_int_epoch_or_null(tmp_path: Path) -> None:
 
 
 def test_lists_from_yaml_and_command_line(tmp_path: Path) -> None:
-    assert load_and_check(_base("--wandb_tags", "a", "b")).wandb_tags == ["a", "b"]
-    assert load_and_check(_base("--wandb_tags", "a,b")).wandb_tags == ["a", "b"]
+    assert load_and_check(_base("--wandb_tags", "a", "b")).tracking.wandb_tags == ["a", "b"]
+    assert load_and_check(_base("--wandb_tags", "a,b")).tracking.wandb_tags == ["a", "b"]
     y = _yaml(tmp_path, "deepspeed: null\nwandb_tags: [x, y]\n")
-    assert load_and_check(["--config", str(y)]).wandb_tags == ["x", "y"]
-    assert load_and_check(["--config", str(y), "--wandb_tags", "z"]).wandb_tags == ["z"]
+    assert load_and_check(["--config", str(y)]).tracking.wandb_tags == ["x", "y"]
+    assert load_and_check(["--config", str(y), "--wandb_tags", "z"]).tracking.wandb_tags == ["z"]
     with pytest.raises(ConfigError, match=r"run.yaml: learning_rate: expected a number, got \[1, 2\]"):
         load_and_check(["--config", str(_yaml(tmp_path, "learning_rate: [1, 2]\n"))])
 
@@ -178,25 +177,25 @@ def test_argparse_errors_are_one_config_error_line(capsys: pytest.CaptureFixture
 
 
 def test_negative_numbers_are_values() -> None:
-    assert load_and_check(_base("--null_score_diff_threshold", "-1e-3")).null_score_diff_threshold == -1e-3
-    assert load_and_check(_base("--null_score_diff_threshold", "-2")).null_score_diff_threshold == -2.0
+    assert load_and_check(_base("--null_score_diff_threshold", "-1e-3")).eval.null_score_diff_threshold == -1e-3
+    assert load_and_check(_base("--null_score_diff_threshold", "-2")).eval.null_score_diff_threshold == -2.0
     with pytest.raises(ConfigError, match=r"learning_rate: must not be negative"):
         load_and_check(_base("--learning_rate", "-1e-5"))
 
 
 def test_quoted_values_and_yaml_no_stay_strings(tmp_path: Path) -> None:
-    assert load_and_check(_base("--mixed_precision", "'no'")).mixed_precision == "no"
+    assert load_and_check(_base("--mixed_precision", "'no'")).distributed.mixed_precision == "no"
     assert load_and_check(["--config", str(_yaml(tmp_path, "deepspeed: null\nmixed_precision: no\n"))]
-                       ).mixed_precision == "no"
+                       ).distributed.mixed_precision == "no"
 
 
 def test_with_tracking_is_report_to_wandb(tmp_path: Path) -> None:
     y = _yaml(tmp_path, "deepspeed: null\nreport_to: none\n")
-    assert load_and_check(["--config", str(y)]).report_to == "none"
-    assert load_and_check(["--config", str(y), "--with_tracking"]).report_to == "wandb"
-    assert load_and_check(_base("--with_tracking", "false")).report_to == "none"
+    assert load_and_check(["--config", str(y)]).tracking.report_to == "none"
+    assert load_and_check(["--config", str(y), "--with_tracking"]).tracking.report_to == "wandb"
+    assert load_and_check(_base("--with_tracking", "false")).tracking.report_to == "none"
     assert load_and_check(["--config", str(_yaml(tmp_path, "deepspeed: null\nwith_tracking: true\n"))]
-                       ).report_to == "wandb"
+                       ).tracking.report_to == "wandb"
     both = _yaml(tmp_path, "with_tracking: true\nreport_to: none\n")
     with pytest.raises(ConfigError, match=r"with_tracking and report_to: none disagree"):
         load_and_check(["--config", str(both)])
@@ -207,7 +206,7 @@ def test_predict_keys_are_checked() -> None:
         load_and_check(_base("--do_predict"))
     with pytest.raises(ConfigError, match=r"^test_file: file not found: /nonexistent/test.json"):
         load_and_check(_base("--do_predict", "--test_file", "/nonexistent/test.json"))
-    assert load_and_check(_base("--test_file", "/nonexistent/test.json")).test_file  # unused without do_predict
+    assert load_and_check(_base("--test_file", "/nonexistent/test.json")).data.test_file  # unused without do_predict
     with pytest.raises(ConfigError, match=r"^max_predict_samples: must be >= 1"):
         load_and_check(_base("--do_predict", "--test_file", DEV, "--max_predict_samples", "0"))
     cfg = load_and_check(_base("--do_predict", "--test_file", DEV, "--max_predict_samples", "5"))
@@ -217,7 +216,7 @@ def test_predict_keys_are_checked() -> None:
 def test_deepspeed_path_does_not_depend_on_the_working_directory(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert load_and_check(["--train_file", TRAIN, "--validation_file", DEV]).deepspeed == str(ZERO2)  # default
+    assert load_and_check(["--train_file", TRAIN, "--validation_file", DEV]).distributed.deepspeed == str(ZERO2)  # default
     cfg = load_and_check(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--train_file", TRAIN,
                        "--validation_file", DEV])
     assert cfg.distributed.deepspeed == str(ZERO2)
@@ -227,11 +226,11 @@ def test_deepspeed_path_does_not_depend_on_the_working_directory(tmp_path: Path,
     (project / "ds" / "mine.json").write_text(ZERO2.read_text())
     (project / "configs").mkdir()
     y = _yaml(project / "configs", "deepspeed: ds/mine.json\n")
-    assert load_and_check(["--config", str(y)]).deepspeed == str(project / "ds" / "mine.json")
+    assert load_and_check(["--config", str(y)]).distributed.deepspeed == str(project / "ds" / "mine.json")
     # ... but a path that exists from the working directory is taken as given.
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "mine.json").write_text(ZERO2.read_text())
-    assert load_and_check(["--config", str(y)]).deepspeed == "ds/mine.json"
+    assert load_and_check(["--config", str(y)]).distributed.deepspeed == "ds/mine.json"
     # Data paths stay the user's, relative to where they run.
     with pytest.raises(ConfigError, match=r"^train_file: file not found: data/demo/train.json$"):
         load_and_check(["--config", str(REPO / "configs" / "demo_cpu.yaml")])
@@ -272,7 +271,7 @@ def test_save_config_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     saved = tmp_path / "run_config.yaml"
     save_config(cfg, saved)
     assert load_and_check(["--config", str(saved)]) == cfg
-    epoch = dataclasses.replace(cfg, checkpointing_steps="epoch", deepspeed=None, do_eval=False)
+    epoch = replace_keys(cfg, checkpointing_steps="epoch", deepspeed=None, do_eval=False)
     save_config(epoch, saved)
     assert load_and_check(["--config", str(saved)]) == epoch
 

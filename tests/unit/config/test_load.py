@@ -34,8 +34,8 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
     assert cfg.optimizer.learning_rate == 5e-5 and cfg.schedule.num_train_epochs == 3.0
     assert cfg.schedule.checkpointing_steps == "epoch" and cfg.schedule.max_train_steps == 7 and cfg.run.dry_run is True
     assert cfg.tracking.wandb_tags == ["a", "b"]
-    assert load_and_check(_base("--checkpointing_steps", "100")).checkpointing_steps == 100
-    assert load_and_check(_base("--resume_from_checkpoint", "null")).resume_from_checkpoint is None
+    assert load_and_check(_base("--checkpointing_steps", "100")).schedule.checkpointing_steps == 100
+    assert load_and_check(_base("--resume_from_checkpoint", "null")).checkpoint.resume_from_checkpoint is None
 
 
 @pytest.mark.parametrize("args, key", [
@@ -101,5 +101,5 @@ def test_eval_only_with_resume_is_refused() -> None:
 def test_yaml_no_means_the_string_no(tmp_path: Path) -> None:
     y = tmp_path / "run.yaml"
     y.write_text(f"train_file: {TRAIN}\nvalidation_file: {DEV}\ndeepspeed: null\nmixed_precision: no\n")
-    assert load_and_check(["--config", str(y)]).mixed_precision == "no"
-    assert load_and_check(_base("--mixed_precision", "no")).mixed_precision == "no"
+    assert load_and_check(["--config", str(y)]).distributed.mixed_precision == "no"
+    assert load_and_check(_base("--mixed_precision", "no")).distributed.mixed_precision == "no"

@@ -16,7 +16,7 @@ ONLY_PREDICT = ["--do_train", "false", "--do_eval", "false", "--deepspeed", "nul
 def test_predict_alone_is_something_to_do() -> None:
     cfg = load_and_check([*ONLY_PREDICT, "--do_predict", "--test_file", DEV, "--max_predict_samples", "5"])
     assert (cfg.run.do_predict, cfg.data.test_file, cfg.data.max_predict_samples) == (True, DEV, 5)
-    assert load_and_check(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false"]).do_predict is False
+    assert load_and_check(["--deepspeed", "null", "--validation_file", DEV, "--do_train", "false"]).run.do_predict is False
 
 
 @pytest.mark.parametrize("args, key", [

@@ -11,10 +11,10 @@ from transformers import SchedulerType
 
 from configs import ds_sections
 from qa.config import Config, make_config
-from qa.model.settings import UNSUPPORTED_SCHEDULERS
 from qa.distributed.accelerator import load_deepspeed_config
 from qa.errors import ConfigError
 from qa.model.optim import build_scheduler, warmup_steps
+from qa.model.settings import UNSUPPORTED_SCHEDULERS
 from qa.preflight.config_checks import load_and_check
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,7 +67,7 @@ def test_warmup_ratio_and_steps_are_exclusive(tmp_path: Path) -> None:
         load_and_check(_base("--num_warmup_steps", "5", "--warmup_ratio", "0.1"))
     y = tmp_path / "run.yaml"
     y.write_text(f"train_file: {TRAIN}\nvalidation_file: {DEV}\ndeepspeed: null\nnum_warmup_steps: 5\n")
-    assert load_and_check(["--config", str(y), "--num_warmup_steps", "0", "--warmup_ratio", "0.06"]).warmup_ratio == 0.06
+    assert load_and_check(["--config", str(y), "--num_warmup_steps", "0", "--warmup_ratio", "0.06"]).optimizer.warmup_ratio == 0.06
     with pytest.raises(ConfigError, match=r"^warmup_ratio: must be in \[0, 1\]"):
         load_and_check(_base("--warmup_ratio", "1.5"))
 

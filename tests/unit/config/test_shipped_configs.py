@@ -60,7 +60,7 @@ def test_run_yaml_loads_and_its_plan_is_consistent(path: Path, monkeypatch: pyte
         monkeypatch.delenv(key, raising=False)
     cfg = _load_run(path)
     for key in ("train_file", "validation_file", "deepspeed"):
-        value = getattr(cfg, key)
+        value = getattr(cfg.distributed if key == "deepspeed" else cfg.data, key)
         assert value is None or (REPO / value).is_file(), f"{path.name}: {key} {value} does not exist"
     world, cuda = _intended_launch(cfg, path)
     assert world >= 1

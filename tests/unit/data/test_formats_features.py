@@ -176,14 +176,14 @@ def test_squad_dev_set_gives_10822_features() -> None:
     assert len(feats) == 10822
 
 
-def test_packed_offsets_of_built_features_match_the_rows(tok) -> None:
+def test_eval_feature_offsets_of_built_windows_match_the_rows(tok) -> None:
     from datasets import Dataset
 
-    from qa.data.features import packed_offsets
+    from qa.eval.evaluator import EvalFeatures
 
     ex = Dataset.from_list(read_squad_file(DEMO_DATA / "dev.json")[:12])
     feats = build_eval_features(ex, tok, max_seq_length=64, doc_stride=16)
-    packed = packed_offsets(feats, 64)
+    packed = EvalFeatures.of_windows(feats, 64).offsets
     assert packed.shape == (len(feats), 64, 2) and packed.dtype.name == "int32"
     for i, row in enumerate(feats["offset_mapping"]):
         assert packed[i, : len(row)].tolist() == [list(o) for o in row]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from fixtures import DEMO_DATA, REPO, make_tiny_model
 
@@ -208,7 +209,7 @@ def _saved_v2_evaluation(run_dir: Path) -> None:
     outcome = decode_and_score(examples, feats, start, end, version_2_with_negative=True)
     write_eval_outputs(run_dir, outcome, version_2_with_negative=True)
     save_eval_arrays(run_dir, examples, feats, start, end)
-    (run_dir / "run_config.json").write_text(json.dumps({"version_2_with_negative": True}))
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump({"version_2_with_negative": True}))
 
 
 def _ids() -> list[str]:

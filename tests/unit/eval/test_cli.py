@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from qa.eval.decode import pack_offsets
 from qa.eval.evaluator import EvalExamples, EvalFeatures, decode_and_score
@@ -84,7 +85,7 @@ def saved_run(tmp_path: Path, v2: bool, **overrides) -> tuple[Path, object]:
     run_dir = tmp_path / "run"
     write_eval_outputs(run_dir, outcome, version_2_with_negative=v2)
     save_eval_arrays(run_dir, examples, feats, start, end)
-    (run_dir / "run_config.json").write_text(json.dumps({**settings, "learning_rate": 3e-5}))
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump({**settings, "learning_rate": 3e-5}))
     return run_dir, outcome
 
 
@@ -147,7 +148,7 @@ def test_cli_threshold_changes_v2_results(tmp_path):
 
 def test_cli_settings_come_from_run_config_then_flags(tmp_path):
     run_dir, outcome = saved_run(tmp_path, v2=True, null_score_diff_threshold=2.0)
-    # No flags: run_config.json says v2 with threshold 2.0.
+    # No flags: run_config.yaml says v2 with threshold 2.0.
     res = run_cli("--output_dir", str(run_dir))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == outcome.metrics and outcome.metrics["exact"] == 75.0
@@ -162,7 +163,7 @@ def test_cli_settings_come_from_run_config_then_flags(tmp_path):
     short = decode_and_score(examples, feats, start, end, **{**SETTINGS, "max_answer_length": 1})
     assert json.loads(res.stdout) == short.metrics != outcome.metrics
     # Without a config the defaults apply (v1, n_best 20, max length 30).
-    (run_dir / "run_config.json").unlink()
+    (run_dir / "run_config.yaml").unlink()
     res = run_cli("--output_dir", str(run_dir))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == decode_and_score(examples, feats, start, end).metrics
@@ -170,7 +171,7 @@ def test_cli_settings_come_from_run_config_then_flags(tmp_path):
 
 def test_cli_reads_the_trainers_yaml_config(tmp_path):
     run_dir, outcome = saved_run(tmp_path, v2=True)
-    (run_dir / "run_config.json").unlink()
+    (run_dir / "run_config.yaml").unlink()
     (run_dir / "run_config.yaml").write_text(
         "model_name_or_path: x\nversion_2_with_negative: true\nn_best_size: 5\nmax_answer_length: 4\n"
         "null_score_diff_threshold: 0.0\n")
@@ -225,4 +226,4 @@ def test_cli_null_threshold_on_a_v1_run_is_refused(tmp_path):
     res = run_cli("--output_dir", str(run_dir), "--null_score_diff_threshold", "1.5")
     assert res.returncode == 2 and res.stdout == ""
     assert "--null_score_diff_threshold only applies to SQuAD v2 runs" in res.stderr
-    assert "v1.1 evaluation (per" in res.stderr and "run_config.json" in res.stderr
+    assert "v1.1 evaluation (per" in res.stderr and "run_config.yaml" in res.stderr

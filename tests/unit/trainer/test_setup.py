@@ -17,7 +17,7 @@ from qa.trainer.setup import _storage
 ])
 def test_a_location_the_backend_refuses_is_a_config_error_before_any_rank_is_asked(
         uri: str, sse: str | None, named: str) -> None:
-    settings = StorageSettings(uri=uri, sse=sse, sse_kms_key_id=None, create_bucket=False, upload_timeout_s=1.0)
+    settings = StorageSettings(s3_uri=uri, s3_sse=sse, s3_upload_timeout=1.0)
     # The settings did not pass the config checks (a caller that builds them itself): the backend's ValueError
     # still leaves as one line under the key's name. An object without attributes as the accelerator proves
     # that no rank was involved yet.
