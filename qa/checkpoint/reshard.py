@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from qa.data.global_batch import global_batch, ways_to_make
 from qa.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,28 +39,16 @@ logger = logging.getLogger(__name__)
 _RNG_PREFIX = "random_states_"  # accelerate's per-rank RNG files: they belong to the saving ranks
 
 
-def accumulation_for(global_batch: int, per_device: int, world_size: int) -> int | None:
-    """The gradient accumulation that makes ``global_batch`` from this per-device batch and world size."""
-    per_step = per_device * world_size
-    return global_batch // per_step if global_batch % per_step == 0 else None
-
-
 def check_global_batch(saved: int, *, per_device: int, world_size: int, accumulation: int, saved_split: str,
                        where: str) -> None:
     """ConfigError naming the setting that keeps the checkpoint's global batch, unless this run keeps it."""
-    now = per_device * world_size * accumulation
+    now = global_batch(per_device, world_size, accumulation)
     if now == saved:
         return
     head = (f"{where} was saved with a global batch of {saved} ({saved_split}) but this run's is {now} "
             f"({per_device} per device x {world_size} process(es) x {accumulation} accumulation)")
-    fixes = []
-    keep = accumulation_for(saved, per_device, world_size)
-    if keep is not None:
-        fixes.append(f"gradient_accumulation_steps: {keep}")
-    if saved % (world_size * accumulation) == 0:
-        fixes.append(f"per_device_train_batch_size: {saved // (world_size * accumulation)}")
-    if not fixes and saved % world_size == 0:
-        fixes.append(f"per_device_train_batch_size: {saved // world_size} with gradient_accumulation_steps: 1")
+    ways = ways_to_make(saved, per_device=per_device, world_size=world_size, accumulation=accumulation)
+    fixes = [" with ".join(f"{k}: {v}" for k, v in way.items()) for way in ways]
     how = (f"on {world_size} process(es) set " + " or ".join(fixes) if fixes
            else f"launch a number of processes that divides {saved}")
     raise ConfigError(f"{head}; the data position and the schedule count global batches: {how} to keep it, or set "

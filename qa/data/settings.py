@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from qa.data.global_batch import global_batch
 from qa.keys import key, need
 
 # How the global batch is split over ranks and accumulation; any split of the same global batch gives the same
@@ -65,10 +66,6 @@ class BatchSettings:
     def global_batch(self, world_size: int) -> int:
         """The one global-batch rule: windows per optimizer step over all ranks."""
         return global_batch(self.per_device_train_batch_size, world_size, self.gradient_accumulation_steps)
-
-
-def global_batch(per_device: int, world_size: int, accumulation: int) -> int:
-    return per_device * world_size * accumulation
 
 
 @dataclass(frozen=True)

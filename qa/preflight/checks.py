@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qa.config import Config
+from qa.data.global_batch import global_batch, ways_to_make
 from qa.errors import ConfigError
 
 ACCELERATE_CONFIGS = Path("configs/accelerate")
@@ -43,18 +44,13 @@ def _read_json(path: str) -> dict[str, Any]:
 def _check_total_batch(cfg: Config, world_size: int) -> None:
     total = cfg.batch.total_train_batch_size
     micro, acc = cfg.batch.per_device_train_batch_size, cfg.batch.gradient_accumulation_steps
-    actual = micro * world_size * acc
+    actual = global_batch(micro, world_size, acc)
     if total is None or total == actual:
         return
     head = (f"total_train_batch_size: {total}, but per_device_train_batch_size {micro} x {world_size} "
             f"process(es) x gradient_accumulation_steps {acc} = {actual}")
-    fixes = []
-    if total % (micro * world_size) == 0:
-        fixes.append(f"--gradient_accumulation_steps {total // (micro * world_size)}")
-    if total % (world_size * acc) == 0:
-        fixes.append(f"--per_device_train_batch_size {total // (world_size * acc)}")
-    if not fixes and total % world_size == 0:
-        fixes.append(f"--per_device_train_batch_size {total // world_size} --gradient_accumulation_steps 1")
+    ways = ways_to_make(total, per_device=micro, world_size=world_size, accumulation=acc)
+    fixes = [" ".join(f"--{k} {v}" for k, v in way.items()) for way in ways]
     if fixes:
         raise ConfigError(f"{head}; on {world_size} process(es) set " + " or ".join(fixes))
     fits = [n for n in range(1, total + 1) if total % (n * micro * acc) == 0]

@@ -107,7 +107,7 @@ def training_schedule(cfg: Config, train_features: int, world_size: int) -> Sche
     """Optimizer steps as qa.trainer.setup computes them (whole global batches per step, the remainder dropped)."""
     from qa.data.sampler import check_fills_one_step
 
-    global_batch = cfg.batch.per_device_train_batch_size * world_size * cfg.batch.gradient_accumulation_steps
+    global_batch = cfg.batch.global_batch(world_size)
     per_epoch = train_features // global_batch
     check_fills_one_step(train_features, cfg.batch.per_device_train_batch_size, world_size,
                          cfg.batch.gradient_accumulation_steps)

@@ -173,7 +173,7 @@ def _data(f: _Facts, lines: _Lines) -> None:
 
     lines.section("batch")
     micro, acc = cfg.batch.per_device_train_batch_size, cfg.batch.gradient_accumulation_steps
-    global_batch = micro * world_size * acc
+    global_batch = cfg.batch.global_batch(world_size)
     lines.row("per device", f"{micro} train, {cfg.eval.per_device_eval_batch_size} eval")
     lines.row("accumulation", f"{acc} micro-batch(es) per optimizer step")
     lines.row("global batch", f"{global_batch} = {micro} per device x {world_size} process(es) x {acc} accumulation"
@@ -182,7 +182,7 @@ def _data(f: _Facts, lines: _Lines) -> None:
 
 def _schedule(f: _Facts, lines: _Lines) -> None:
     cfg, world_size, counts, warnings = f.cfg, f.world_size, f.counts, f.warnings
-    global_batch = cfg.batch.per_device_train_batch_size * world_size * cfg.batch.gradient_accumulation_steps
+    global_batch = cfg.batch.global_batch(world_size)
     lines.section("schedule")
     sched: Schedule | None = None
     if cfg.run.do_train and counts.train_features is not None:

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qa.checkpoint.reshard import accumulation_for, check_global_batch, repair_optimizer_after_universal_load
+from qa.checkpoint.reshard import check_global_batch, repair_optimizer_after_universal_load
 from qa.checkpoint.resume import check_resume
 from qa.checkpoint.state import STATE_FILE, TrainState
 from qa.config import Config, make_config
+from qa.data.global_batch import accumulation_for
 from qa.errors import ConfigError
 
 
