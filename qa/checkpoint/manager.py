@@ -24,6 +24,7 @@ from typing import Any
 
 from accelerate.utils import gather_object
 
+from qa.checkpoint.leftovers import collect_unpublished
 from qa.checkpoint.loading import load_model_only, load_resharded
 from qa.checkpoint.parts import NodeLayout, PartUpload, layout_from_local_indices
 from qa.checkpoint.reshard import zero_state_dirs
@@ -148,8 +149,11 @@ class Checkpointer:
         part = PartUpload(self.store, path, f"{self.store_prefix}/{path.name}", self.layout,
                           save_id=save_id or uuid.uuid4().hex,
                           metadata={"global_step": state.global_step, "epoch": state.epoch},
-                          wait_s=self.uploader.deadline_s, stop=self.uploader.stopping)
-        self.uploader.submit_work(path, part.uri, part, then=self._rotate_store if self.layout.first == 0 else None)
+                          wait_s=self.uploader.deadline_s, stop=self.uploader.stopping,
+                          superseded=self.uploader.has_later_work,
+                          superseded_wait_s=self.uploader.superseded_wait_s)
+        self.uploader.submit_work(path, part.uri, part,
+                                  then=(lambda: self._rotate_store(path.name)) if self.layout.first == 0 else None)
 
     def _pending_names(self, names: list[str]) -> set[str]:
         """Which of these checkpoints still wait for their upload."""
@@ -170,10 +174,15 @@ class Checkpointer:
         for name in crash_leftovers(incomplete, done[-1] if done else None):
             shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def _rotate_store(self) -> None:
-        """On the uploader's thread, after a checkpoint's manifest landed: delete older ones beyond the limit."""
+    def _rotate_store(self, published: str) -> None:
+        """On the uploader's thread, after the manifest of ``published`` landed: delete the older checkpoints
+        beyond the limit, and what interrupted uploads of older ones left without a manifest."""
         limit = self.settings.save_total_limit
-        if self.store is None or limit is None:
+        if self.store is None:
+            return
+        # This node's queue holds only newer checkpoints (it uploads in save order): none of them is touched.
+        collect_unpublished(self.store, self.store_prefix, published)
+        if limit is None:
             return
         names = self.store.list_complete(self.store_prefix)
         protected = self._pending_names(names)
