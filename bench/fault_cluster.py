@@ -56,7 +56,8 @@ class JobSpec:
 
     def node_env(self, node: int) -> dict[str, str]:
         env = {**self.env, TRIAL_TAG: self.tag, "WANDB_DIR": str(self.root / f"wandb{node}"),
-               "HF_DATASETS_CACHE": str(self.root / f"node{node}" / "hf_cache")}
+               # Outside output_dir (a wiped disk keeps it), one per node, shared by the trials of a campaign.
+               "HF_DATASETS_CACHE": str(self.root.parent / f"hf_cache_node{node}")}
         return env
 
 

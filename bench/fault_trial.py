@@ -147,7 +147,7 @@ class Injector:
                 return False
             self._hold(fault.hold_s, attempt)
             self.disks.free(node)
-            return False
+            return True  # a save that hit the full disk ends the run (to be resumed); else it simply goes on
         if fault.kind == "corrupt_object":
             self._corrupt_newest()
             # The node is replaced: its disk (every node's, for a single-node job) is gone, so the resume reads
