@@ -82,6 +82,11 @@ class Disks:
         if out is not None:
             (out / ".ballast").unlink(missing_ok=True)
 
+    def keep(self) -> None:
+        """Copy what each tmpfs holds beside it (``out.kept``): unmounting loses it."""
+        for out in self.mounted.values():
+            shutil.copytree(out, out.parent / "out.kept", dirs_exist_ok=True)
+
     def unmount(self) -> None:
         for out in self.mounted.values():
             subprocess.run(["umount", "-l", str(out)], capture_output=True)
@@ -106,7 +111,11 @@ def _env(server) -> dict[str, str]:
                 "AWS_EC2_METADATA_DISABLED": "true", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
                 "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "QA_S3_MULTIPART_THRESHOLD_MIB": "1",
-                "PYTHONPATH": str(_HERE.parent)})
+                "PYTHONPATH": str(_HERE.parent),
+                # As the project's launchers (launch/lib.bash) run the job: the agent forwards these signals to
+                # the workers and gives them this long to checkpoint before it kills them.
+                "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})
     return env
 
 
@@ -145,7 +154,7 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
     results = []
     try:
         for seed in seeds:
-            plan = draw_plan(seed, full_disk=disks_ok)
+            plan = draw_plan(seed)
             if plan.mode not in refs:
                 refs[plan.mode] = _reference(plan.mode, work, model, train, server, store_for)
             server.start()  # a trial may end with it down (an outage at the very end): bring it back
@@ -163,6 +172,8 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
                 run = run_trial(plan, spec, store, server, disks)
                 server.start()
                 verdict = check_trial(run, refs[plan.mode], store)
+                if verdict.violations:
+                    disks.keep()  # a failing trial's disks are looked at afterwards
             finally:
                 disks.unmount()
             status = "ok" if not verdict.violations else "FAIL"

@@ -125,6 +125,10 @@ class Checkpointer:
             _write_marker(path / COMPLETE, f"{state.global_step}\n")
             self.publish(path, state, protected=pending, save_id=save_id)
         acc.wait_for_everyone()
+        # The preemption path saves only a step not saved yet: saving it again would delete the directory its
+        # upload reads and publish it twice, under two save ids (on several nodes the first one then waits for
+        # parts that never come).
+        self.last_saved_step = state.global_step
         self.last_save_s = time.perf_counter() - t0
         logger.info("checkpoint %s saved in %.2fs", path, self.last_save_s)
         return path

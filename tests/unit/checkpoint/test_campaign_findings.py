@@ -1,6 +1,6 @@
-"""Regression tests for what the fault campaign (bench/faults.py) found in publishing: objects of an interrupted
-upload stayed in the store for ever, and one part that never came held every later checkpoint of the run back
-until s3_upload_timeout."""
+"""Regression tests for what the fault campaign (bench/faults.py, docs/faults.md) found: objects of an
+interrupted upload stayed in the store for ever; one part that never came held every later checkpoint of the run
+back until s3_upload_timeout; a preemption at a checkpoint step saved that step a second time."""
 
 from __future__ import annotations
 
@@ -119,3 +119,21 @@ def test_a_part_that_comes_late_is_still_waited_for_without_a_later_checkpoint(t
         up1.wait(timeout_s=30)
         up0.wait(timeout_s=30)
     assert store.list_complete(PREFIX) == ["step_0000003"]
+
+
+def test_a_save_records_its_step_so_a_preemption_at_that_step_does_not_save_it_again(tmp_path: Path) -> None:
+    """The campaign's nodes-mode SIGTERM at a checkpoint step: last_saved_step was never set, so the preemption
+    path saved the step again, deleting the directory its first upload was reading; the first save's manifest
+    then waited for a part that never came, past the launcher's shutdown timeout."""
+    import torch
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(torch.nn.Linear(2, 2))
+    assert model is not None
+    cfg = TrainConfig(output_dir=str(tmp_path / "out"), run_name="run", save_total_limit=2)
+    ckpt = Checkpointer(split_config(cfg).checkpoint, acc)
+    assert ckpt.last_saved_step is None
+    path = ckpt.save(TrainState(global_step=3))
+    assert (path / COMPLETE).is_file()
+    assert ckpt.last_saved_step == 3  # what Trainer._preempt compares with before saving
