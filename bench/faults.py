@@ -104,8 +104,12 @@ def _fixtures(work: Path) -> tuple[Path, Path]:
     return model, train
 
 
-def _env(server) -> dict[str, str]:
+def _env(server, work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WANDB_"))}
+    # A DeepSpeed op cache of the campaign's own: every load of a JIT op holds <dir>/<op>/lock for a moment, and
+    # a worker killed then leaves it for good (torch's FileBaton has no owner and no timeout), hanging every later
+    # launch that uses that cache. Here that can only stop this campaign, never another checkout's runs.
+    env["TORCH_EXTENSIONS_DIR"] = str(work / "torch_extensions")
     env.update(server.env())
     env.update({"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
                 "AWS_EC2_METADATA_DISABLED": "true", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
@@ -127,12 +131,21 @@ def _reference(mode: str, work: Path, model: Path, train: Path, server, store_fo
         shutil.rmtree(root, ignore_errors=True)
         bucket = f"ref-{secrets.token_hex(4)}"
         store_for(f"s3://{bucket}", create_bucket=True).check()
-        spec = JobSpec(mode, model, train, f"s3://{bucket}/runs", "ref", root, _env(server), tag=f"ref-{mode}")
+        spec = JobSpec(mode, model, train, f"s3://{bucket}/runs", "ref", root, _env(server, work),
+                       tag=f"ref-{mode}")
         errors = run_reference(spec)
         if errors:
             raise SystemExit(f"the reference run ({mode}) failed: {errors}")
     losses = dict(train_losses(root / "node0" / "out" / "metrics.jsonl"))
     return Reference(load_weights(final), losses)
+
+
+def _build_ops(env: dict[str, str]) -> None:
+    """Build DeepSpeed's CPU collectives op into the campaign's cache before any fault can interrupt it."""
+    if env.get("DS_ACCELERATOR") == "cpu":
+        subprocess.run([sys.executable, "-c", "from deepspeed.accelerator import get_accelerator; "
+                        "get_accelerator().create_op_builder('ShareMemCommBuilder').load()"],
+                       env=env, check=True, capture_output=True)
 
 
 def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int, str, Verdict, list[str]]]:
@@ -150,6 +163,7 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
                        retry_attempts=1, connect_timeout_s=2, read_timeout_s=10, **kw)
 
     disks_ok = Disks.can_mount(work)
+    _build_ops(_env(server, work))
     refs: dict[str, Reference] = {}
     results = []
     try:
@@ -163,7 +177,7 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
             store.check()
             root = work / f"trial-{seed}"
             shutil.rmtree(root, ignore_errors=True)
-            spec = JobSpec(plan.mode, model, train, f"s3://{bucket}/runs", f"t{seed}", root, _env(server),
+            spec = JobSpec(plan.mode, model, train, f"s3://{bucket}/runs", f"t{seed}", root, _env(server, work),
                            tag=f"faults-{seed}-{secrets.token_hex(3)}")
             disks = Disks(disks_ok)
             t0 = time.monotonic()
