@@ -62,7 +62,7 @@ def main(extra: list[str]) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qa-demo-s3-") as s3_dir, LocalS3Server(s3_dir) as server:
         env = {**os.environ, **server.env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "WANDB_DIR": str(output_dir)}
         if "WANDB_API_KEY" not in os.environ:
             env.setdefault("WANDB_MODE", "offline")
