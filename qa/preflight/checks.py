@@ -177,15 +177,17 @@ def _gathers_16bit_weights(ds: dict[str, Any], env: dict[str, str] | os._Environ
 
 def check_plan(cfg: TrainConfig, world_size: int, cuda: bool) -> list[str]:
     """Raise ConfigError (saying what to change) for an inconsistent launch; return warnings otherwise."""
-    from qa.distributed.accelerator import load_deepspeed_config, resolve_precision, zero_stage
+    from qa.distributed.accelerator import load_deepspeed_config, zero_stage
+    from qa.distributed.precision import machine_precision
 
     env = os.environ
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
-    precision = resolve_precision(cfg.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
+    choice = machine_precision(cfg.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
+    precision = choice.precision
     _check_total_batch(cfg, world_size)
     _check_launcher_env(cfg, env)
-    warnings: list[str] = []
+    warnings: list[str] = [choice.warning] if choice.warning else []
     sections = split_config(cfg)
     # batch, precision, clipping
     ds = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=world_size, precision=precision)

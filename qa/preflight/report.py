@@ -65,6 +65,7 @@ class _Facts:
     world_size: int
     cuda: bool
     precision: str
+    precision_reason: str
     ds: dict[str, Any] | None
     stage: int
     off_opt: str
@@ -90,16 +91,18 @@ def describe_plan(cfg: TrainConfig, *, world_size: int | None = None, cuda: bool
         return ""
     import torch
 
-    from qa.distributed.accelerator import load_deepspeed_config, resolve_precision, zero_stage
+    from qa.distributed.accelerator import load_deepspeed_config, zero_stage
+    from qa.distributed.precision import machine_precision
 
     world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    precision = resolve_precision(cfg.mixed_precision, cuda)
+    choice = machine_precision(cfg.mixed_precision, cuda)
+    precision = choice.precision
     sections = split_config(cfg)
     ds = load_deepspeed_config(sections.distributed, sections.optimizer, world_size=world_size, precision=precision)
     off_opt, off_param = _offload(ds)
     num_params, model_class = count_parameters(cfg)
-    f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, ds=ds, stage=zero_stage(ds),
+    f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, precision_reason=choice.reason, ds=ds, stage=zero_stage(ds),
                off_opt=off_opt, off_param=off_param, num_params=num_params, model_class=model_class,
                counts=count_data(cfg), run_name=cfg.resolved_run_name, warnings=check_plan(cfg, world_size, cuda))
     lines = _Lines([f"Dry run for run '{f.run_name}': nothing is trained, no weights are loaded, nothing is "
@@ -124,9 +127,8 @@ def _launch(f: _Facts, lines: _Lines) -> None:
     lines.row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
                                                       " (WORLD_SIZE unset; set it to plan another launch)"))
     lines.row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
-    prec_note = ""
-    if cfg.mixed_precision == "auto":
-        prec_note = " (mixed_precision: auto" + ("" if cuda else "; fp16 when launched on GPUs") + ")"
+    prec_note = f" ({f.precision_reason}" + ("; fp16 when launched on GPUs" if cfg.mixed_precision == "auto"
+                                             and not cuda else "") + ")"
     lines.row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
         + prec_note)
     if ds is None:

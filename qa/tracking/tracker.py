@@ -91,12 +91,13 @@ class Tracker:
     @classmethod
     def from_settings(cls, accelerator: Accelerator, settings: TrackingSettings, *,
                       config: Mapping[str, Any] | None = None, resume_run_id: str | None = None,
-                      console: Callable[[str], None] | None = None) -> Tracker:
+                      console: Callable[[str], None] | None = None,
+                      facts: Mapping[str, Any] | None = None) -> Tracker:
         """Collective: every rank calls it. The tracker of the run config's tracking section."""
         return cls(accelerator, output_dir=settings.output_dir, report_to=settings.report_to,
                    project=settings.project, entity=settings.entity, run_name=settings.run_name,
                    tags=settings.tags, group=settings.group, config=config, resume_run_id=resume_run_id,
-                   console=console)
+                   console=console, facts=facts)
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class Tracker:
         config: Mapping[str, Any] | None = None,
         resume_run_id: str | None = None,
         console: Callable[[str], None] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
         """Collective: every rank calls it (they agree on the run id)."""
         use_wandb = log_with_for(report_to) == "wandb"
@@ -136,6 +138,7 @@ class Tracker:
         except Exception as exc:  # a probe failing (odd driver, broken git) must not stop training
             logger.warning("could not collect the run environment: %s", describe_error(exc))
             self.environment = {"error": describe_error(exc)}
+        self.environment.update(facts or {})  # what the run decided from the machine (precision, threads) and why
         # redact() also turns a config dataclass into a dict.
         base = redact(config) if config is not None else {}
         if not isinstance(base, dict):

@@ -29,13 +29,15 @@ from qa.data import features as qa_features
 from qa.data import formats as qa_formats
 from qa.data.sampler import StepBatchSampler, check_fills_one_step
 from qa.data.settings import DataSettings
-from qa.distributed.accelerator import build_accelerator, load_deepspeed_config, resolve_precision
+from qa.distributed.accelerator import build_accelerator, load_deepspeed_config
+from qa.distributed.precision import machine_precision
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
 from qa.model.build import load_model, load_tokenizer
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.model.settings import ModelSettings
+from qa.trainer import startup
 from qa.trainer.export import export_model
 from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
@@ -77,7 +79,10 @@ def start(cfg: TrainConfig, sections: Sections) -> Session:
                                     log_with=log_with_for(sections.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
     set_seed(sections.data.seed)
-    precision = resolve_precision(sections.distributed.mixed_precision)
+    choice = machine_precision(sections.distributed.mixed_precision)
+    precision = choice.precision
+    threads = startup.threads.describe() if startup.threads is not None else "threads as torch chose"
+    logger.info("precision: %s; %s", choice.describe(), threads)  # check_launch warned if it will be slow
     on_rank_zero(accelerator, lambda: check_data(sections.data))  # bad data fails here, before anything is written
     claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
     try:
@@ -103,6 +108,7 @@ def start(cfg: TrainConfig, sections: Sections) -> Session:
     tracker = Tracker.from_settings(
         accelerator, sections.tracking, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
+        facts={"precision": {"chosen": choice.name, "reason": choice.reason}, "threads_per_rank": threads},
     )
     state.tracker_run_id = tracker.run_id
     return Session(accelerator=accelerator, precision=precision, tracker=tracker, checkpointer=checkpointer,

@@ -9,7 +9,8 @@
   ``<sys.prefix>/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` says otherwise. Torch's default,
   ``~/.cache/torch_extensions/py311_cpu``, is shared by every environment of the user, so another venv's torch
   or DeepSpeed version would make each one rebuild (minutes) or load a stale op;
-* third-party warnings known to repeat on every call are shown once per process (:data:`ONCE`).
+* third-party warnings known to repeat on every call are shown once per process (:data:`ONCE`);
+* each rank gets its share of the CPU cores as ``OMP_NUM_THREADS`` unless the user set it (:mod:`qa.trainer.threads`).
 
 :func:`mark` and :func:`first_step` time the start-up: the first optimizer step logs
 ``first step after 12.3s (launcher 2.9, imports 4.1, setup 1.6, data 0.6, model 2.5, step 0.6)``, measured from
@@ -32,6 +33,7 @@ from typing import TextIO
 from qa.errors import EXIT_INTERRUPTED
 from qa.preflight.build_locks import clear_stale_build_locks
 from qa.preflight.ops import extensions_dir
+from qa.trainer.threads import ThreadChoice, set_threads
 from qa.trainer.watchdog import launched_by_launcher, watch_launcher
 
 logger = logging.getLogger("qa")
@@ -49,6 +51,7 @@ _shown: set[tuple[str, type[Warning]]] = set()
 
 _marks: list[tuple[str, float]] = []
 _reported = False
+threads: ThreadChoice | None = None  # what prepare_process decided, for the start-up line
 
 
 def _interrupted_early(signum: int, frame: FrameType | None) -> None:
@@ -84,6 +87,8 @@ def prepare_process() -> None:
         os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
     clear_stale_build_locks(extensions_dir())  # else a lock left by a killed process hangs this launch for ever
     quiet_repeated_warnings()
+    global threads
+    threads = set_threads(os.environ, launched_by_launcher(os.environ))
     own = _create_time(os.getpid()) or time.time()
     _marks.clear()
     if launched_by_launcher(os.environ):
