@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run(cfg)
     except UserError as e:
-        # One line, no traceback: the message names the key, file, row or id to fix.
-        if not getattr(e, "reported_by_rank_zero", False):
+        # One line, no traceback: the message names the key, file, row or id to fix. Under a launcher every rank
+        # reads the same config, so only each node's first rank says it (one line on one machine).
+        if not getattr(e, "reported_by_rank_zero", False) and startup.speaks_for_node():
             print(f"{type(e).__name__.removesuffix('Error').lower() or 'input'} error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
 
