@@ -27,12 +27,14 @@ from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 
 def run(cfg: TrainConfig) -> int:
     sections = split_config(cfg)  # each component gets its own section (data, model, optimizer, checkpoint, ...)
-    session = setup.start(cfg, sections)  # accelerator, input checks, output_dir claim, storage, resume, tracker
+    accelerator = setup.connect(sections)  # accelerator; data files, model config and tokenizer checked
+    data = setup.prepare_data(sections.data, sections.model, accelerator)  # examples -> cached features
+    test = prediction.prepare_data(sections.data, accelerator, data.tokenizer) if cfg.do_predict else None
+    weights = setup.load_weights(sections.model)  # from_pretrained: unreadable weights fail before any write
+    startup.mark("data")  # every input check is done: nothing was written before this line
+    session = setup.start(cfg, sections, accelerator)  # output_dir claim, storage, resume, tracker
     startup.mark("setup")
-    data = setup.prepare_data(sections.data, sections.model, session)  # examples -> cached features
-    test = prediction.prepare_data(sections.data, session, data.tokenizer) if cfg.do_predict else None
-    startup.mark("data")
-    model = setup.build_model(sections, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
+    model = setup.build_model(sections, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
     if data.eval is not None and cfg.eval_before_training:

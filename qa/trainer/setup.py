@@ -34,6 +34,7 @@ from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
 from qa.model.build import load_model, load_tokenizer
+from qa.model.checks import check_model
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.model.settings import ModelSettings
 from qa.trainer.export import export_model
@@ -65,20 +66,34 @@ def _setup_logging(is_main: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
-def start(cfg: TrainConfig, sections: Sections) -> Session:
-    """Accelerator, input checks, storage, checkpoint to resume from, then the tracker: all before data or model.
-    ``cfg`` itself only decides who owns output_dir and is recorded (run_config.yaml, the tracker's config).
+def connect(sections: Sections) -> Accelerator:
+    """Accelerator, logging and seed, then the input checks that need no features: the data files and the model
+    and tokenizer (qa.model.checks: config, weight shapes, vocabulary, special tokens; no weights loaded).
+    Nothing is written yet.
 
     Collective: every rank calls it.
     """
-    from qa.tracking.tracker import Tracker, log_with_for
+    from qa.tracking.tracker import log_with_for
 
     accelerator = build_accelerator(sections.distributed, sections.optimizer,
                                     log_with=log_with_for(sections.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
     set_seed(sections.data.seed)
-    precision = resolve_precision(sections.distributed.mixed_precision)
     on_rank_zero(accelerator, lambda: check_data(sections.data))  # bad data fails here, before anything is written
+    on_rank_zero(accelerator, lambda: check_model(sections.model))  # missing, offline, no tokenizer, wrong vocab
+    return accelerator
+
+
+def start(cfg: TrainConfig, sections: Sections, accelerator: Accelerator) -> Session:
+    """Output_dir claim, storage, checkpoint to resume from, then the tracker: after every input check
+    (``connect``, ``prepare_data``). ``cfg`` itself only decides who owns output_dir and is recorded
+    (run_config.yaml, the tracker's config).
+
+    Collective: every rank calls it.
+    """
+    from qa.tracking.tracker import Tracker
+
+    precision = resolve_precision(sections.distributed.mixed_precision)
     claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
     try:
         store, uploader = _storage(sections.storage, accelerator)
@@ -162,12 +177,13 @@ def _storage(settings: StorageSettings,
     return store, uploader
 
 
-def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> Data:
-    """Examples and features; built once by the main process (cached), then loaded by the others.
+def prepare_data(data: DataSettings, model: ModelSettings, acc: Accelerator) -> Data:
+    """Examples and features; built once by the main process (cached), then loaded by the others. Runs before
+    the output_dir claim: a question longer than the window, or too few windows for one optimizer step, stops
+    the run before anything is written.
 
     Collective: every rank calls it.
     """
-    acc = session.accelerator
     tokenizer = load_tokenizer(model)
     train, eval_set = None, None
     with acc.main_process_first():
@@ -184,6 +200,8 @@ def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> 
             eval_set = _eval_set(data, tokenizer, is_main=acc.is_main_process)
     if train is not None:
         logger.info("train: %d features", len(train))
+        check_fills_one_step(len(train), data.per_device_train_batch_size, acc.num_processes,
+                             data.gradient_accumulation_steps)
     if eval_set is not None:
         logger.info("eval: %d examples, %d features", len(eval_set.examples.ids), len(eval_set.features))
     return Data(tokenizer=tokenizer, train=train, eval=eval_set)
@@ -210,14 +228,25 @@ def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, *, is_main
     return EvalSet(features=feats, examples=examples, arrays=arrays)
 
 
-def build_model(sections: Sections, session: Session, data: Data) -> Model:
-    """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once).
+def load_weights(settings: ModelSettings) -> torch.nn.Module:
+    """from_pretrained, before the output_dir claim: weights that cannot be read (a truncated or corrupt file)
+    are a one-line ConfigError and the run has written nothing. Every rank loads its own copy."""
+    try:
+        return load_model(settings)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model_name_or_path: the weights of {settings.model_name_or_path} cannot be loaded: "
+                          f"{first}") from None
+
+
+def build_model(sections: Sections, session: Session, data: Data, model: torch.nn.Module) -> Model:
+    """Optimizer, schedule and train loader for ``model`` (``load_weights``), prepared together (DeepSpeed
+    needs them at once).
 
     Collective: every rank calls it.
     """
     acc = session.accelerator
     batching = sections.data
-    model = load_model(sections.model)
     accepted = set(inspect.signature(model.forward).parameters)
     # pad_to_multiple_of=8: tensor-core friendly shapes at almost no padding cost.
     collator = DataCollatorWithPadding(data.tokenizer, pad_to_multiple_of=8)
@@ -235,7 +264,6 @@ def build_model(sections: Sections, session: Session, data: Data) -> Model:
     train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
     keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
     micro, accumulation = batching.per_device_train_batch_size, batching.gradient_accumulation_steps
-    check_fills_one_step(len(feats), micro, acc.num_processes, accumulation)
     sampler = StepBatchSampler(np.asarray(feats["length"]), micro, acc.num_processes, accumulation,
                                seed=batching.seed, group_by_length=batching.group_by_length)
     loader = torch.utils.data.DataLoader(
