@@ -76,6 +76,9 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
         except ValueError as e:
             raise ConfigError(f"s3_uri: {e}") from e
         need(cfg.s3_uri.startswith("s3://") or cfg.s3_sse is None, "s3_sse", "only applies to an s3:// s3_uri")
+    if cfg.keep_training_when_disk_full:
+        need(cfg.s3_uri is not None, "keep_training_when_disk_full",
+             "needs s3_uri (without a store the local checkpoints are the only copies)")
     if cfg.s3_sse_kms_key_id is not None:
         need(cfg.s3_sse == "aws:kms", "s3_sse_kms_key_id", "only applies with s3_sse: aws:kms")
     r = cfg.resume_from_checkpoint

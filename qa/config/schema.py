@@ -118,6 +118,11 @@ class TrainConfig:
         None, "auto (newest local, else the store), a checkpoint directory, or an s3:// URI")
     resume_weights_only: bool = _key(
         False, "Resume model weights only (fresh optimizer, schedule and data order)")
+    # A save that finds too little free space (or fails to write) stops the run with the previous checkpoint
+    # intact; with s3_uri the user may rather skip that checkpoint and keep training (uploads go on, and rotation
+    # may free space for the next save).
+    keep_training_when_disk_full: bool = _key(
+        False, "With s3_uri: skip a checkpoint the local disk has no room for and keep training (default: stop)")
     # --- S3 ---------------------------------------------------------------------------------------
     # Where checkpoints and the final model are copied: s3://bucket/prefix, or file:///absolute/path for a
     # shared or mounted filesystem (e.g. NFS; s3_create_bucket then creates the directory, s3_sse must be null).

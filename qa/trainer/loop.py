@@ -172,6 +172,8 @@ class Trainer:
                 export_model(self.session.accelerator, self.model.module, self.data.tokenizer, dest)
         ckpt = self.session.checkpointer
         path = ckpt.save(self.session.state, export=export)
+        if path is None:  # no room on disk, skipped (keep_training_when_disk_full)
+            return
         uri = ckpt.s3_uri_for(f"checkpoints/{path.name}")
         self.session.tracker.log_checkpoint(step=self.session.state.global_step, uri=uri or str(path))
 

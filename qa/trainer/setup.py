@@ -21,6 +21,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from qa.checkpoint.disk import estimate_checkpoint_bytes
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.settings import StorageSettings
 from qa.checkpoint.state import TrainState
@@ -283,6 +284,10 @@ def build_model(sections: Sections, session: Session, data: Data, model: torch.n
             # engine reads this switch when it loads.
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
+    # The first save's free-space check needs a size before any checkpoint exists (qa.checkpoint.disk).
+    session.checkpointer.expected_bytes = estimate_checkpoint_bytes(
+        sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()), deepspeed=ds_config is not None,
+        mixed_precision=session.precision in ("fp16", "bf16"), export=sections.loop.export_every_checkpoint)
     optimizer = build_optimizer(sections.optimizer, model, ds_config)
     scheduler = build_scheduler(sections.optimizer, optimizer, steps, ds_config)
     if sections.model.torch_compile:

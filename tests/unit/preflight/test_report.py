@@ -334,3 +334,25 @@ def test_launched_dry_run_prints_once(tiny: Path, tmp_path: Path) -> None:
     assert proc.stdout.count("Dry run for run") == 1
     assert re.search(r"world size +2 process\(es\) \(WORLD_SIZE\)", proc.stdout)
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_disk_row_compares_kept_checkpoints_with_free_space(tiny: Path, tmp_path: Path) -> None:
+    from small_fs import small_filesystem
+
+    from qa.checkpoint.disk import estimate_checkpoint_bytes
+    from qa.preflight.memory import count_parameters
+
+    with small_filesystem(tmp_path / "disk", 30) as disk:
+        cfg = _cfg(tiny, "--output_dir", str(disk / "out"), "--save_total_limit", "3", "--deepspeed", "null")
+        plan = describe_plan(cfg, world_size=1, cuda=False)
+        one = estimate_checkpoint_bytes(count_parameters(cfg)[0], deepspeed=False, mixed_precision=False,
+                                        export=False)
+        row = _row(plan, "checkpoint disk")
+        assert row.startswith(f"~{format_bytes(one)} each x 4 (save_total_limit + 1 while saving) = "
+                              f"{format_bytes(4 * one)}; ")
+        assert row.endswith(f" free in {disk / 'out' / 'checkpoints'}")
+        assert one * 4 > 30 * 2**20  # so the plan must warn
+        assert f"checkpoints need about {format_bytes(4 * one)} in {disk / 'out' / 'checkpoints'}, only " in plan
+        plan = describe_plan(_cfg(tiny, "--output_dir", str(disk / "out"), "--save_total_limit", "1",
+                                  "--deepspeed", "null"), world_size=1, cuda=False)
+        assert "checkpoints need about" not in plan  # 2 x ~12 MB fit in 30 MiB
