@@ -92,6 +92,10 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
             if not used:
                 continue
             if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{key}: file not found: {path}")
+                where = "" if Path(path).is_absolute() else f" (relative paths are read from {Path.cwd()}" + (
+                    ", then the config file's directory and those above it, then the repository)"
+                    if key == "deepspeed" else ")")
+                raise ConfigError(f"{key}: file not found: {path}{where}")
         if r is not None and r != "auto" and not is_store_uri(r) and not Path(r).is_dir():
-            raise ConfigError(f"resume_from_checkpoint: directory not found: {r}")
+            where = "" if Path(r).is_absolute() else f" (relative paths are read from {Path.cwd()})"
+            raise ConfigError(f"resume_from_checkpoint: directory not found: {r}{where}")

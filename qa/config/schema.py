@@ -104,7 +104,9 @@ class TrainConfig:
     output_dir: str = _key("outputs/run", "Where checkpoints, metrics and the model go")
     # A fresh run refuses an output_dir holding another run's checkpoints or final model; this moves that
     # directory aside (to <output_dir>.old-<UTC time>, nothing deleted) first. See qa/trainer/output_dir.py.
-    overwrite_output_dir: bool = _key(False, "Allow writing into an output_dir that already holds a run")
+    overwrite_output_dir: bool = _key(
+        False, "Start fresh in an output_dir that holds a run: the old one is moved aside to "
+               "<output_dir>.old-<UTC time> (nothing is deleted)")
     run_name: str | None = _key(None, "Run name; null: output_dir's last part")
     # An int (every N optimizer steps), "epoch", or null (no intermediate checkpoints). HfArgumentParser
     # cannot take this Union; the loader parses it as a string and turns digits into an int.
