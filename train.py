@@ -32,7 +32,10 @@ def run(cfg: TrainConfig) -> int:
     test = prediction.prepare_data(sections.data, accelerator, data.tokenizer) if cfg.do_predict else None
     weights = setup.load_weights(sections.model)  # from_pretrained: unreadable weights fail before any write
     startup.mark("data")  # every input check is done: nothing was written before this line
-    session = setup.start(cfg, sections, accelerator)  # output_dir claim, storage, resume, tracker
+    steps = setup.planned_steps(sections, accelerator, data)
+    session = setup.start(cfg, sections, accelerator, steps)  # output_dir claim, storage, resume, tracker
+    if session is None:
+        return 0  # resumed a run that had already finished: said so, changed nothing
     startup.mark("setup")
     model = setup.build_model(sections, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming

@@ -100,6 +100,7 @@ class Checkpointer:
         # Bytes the next save needs on this node: the last checkpoint's size, before the first one an estimate
         # from the parameter count (set by qa.trainer.setup.build_model), None: not checked.
         self.expected_bytes: int | None = None
+        self._protected: set[str] = set()  # checkpoints the last save found uploading on some node
         self._is_main = accelerator is None or accelerator.is_main_process
 
     # -- store naming ---------------------------------------------------------------------------------------
@@ -194,14 +195,24 @@ class Checkpointer:
         """A node's local main process, once ``path`` is complete: rotate local checkpoints and queue the upload
         of this node's part, after which the node of rank 0 writes the manifest and rotates the store on its
         uploader's thread (training never waits for the uploads or the deletions)."""
-        self._rotate_local(protected or set())
+        self._protected = protected or set()
+        self._rotate_local(self._protected)
         if self.uploader is None or self.store is None:
             return
         part = PartUpload(self.store, path, f"{self.store_prefix}/{path.name}", self.layout,
                           save_id=save_id or uuid.uuid4().hex,
                           metadata={"global_step": state.global_step, "epoch": state.epoch},
                           wait_s=self.uploader.deadline_s, stop=self.uploader.stopping)
-        self.uploader.submit_work(path, part.uri, part, then=self._rotate_store if self.layout.first == 0 else None)
+        self.uploader.submit_work(path, part.uri, part, then=self._after_upload)
+
+    def _after_upload(self) -> None:
+        """On the uploader's thread, once a part is published: the store's rotation (rank 0's node), and the local
+        one again, since the checkpoint kept while it uploaded may go now (else the disk keeps one more than
+        save_total_limit until the next save, and for good after the last one). A save in progress has no
+        COMPLETE marker yet and is newer than every complete one, so neither rotation touches it."""
+        if self.layout.first == 0:
+            self._rotate_store()
+        self._rotate_local(self._protected)
 
     def _pending_names(self, names: list[str]) -> set[str]:
         """Which of these checkpoints still wait for their upload."""

@@ -331,6 +331,10 @@ def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
     elif c == "epoch":
         steps = _steps(sched.epoch_ends()) if sched else "unknown"
         what = f"at the end of each epoch (steps {steps})"
+        if sched and sched.total_steps not in sched.epoch_ends():
+            shorter = " (shorter than one epoch)" if not sched.epoch_ends() else ""
+            what += (f"; max_train_steps ends the run at step {sched.total_steps:,}{shorter}, inside an epoch of "
+                     f"{sched.steps_per_epoch:,} steps: saved there too")
     else:
         what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
     keep = "all kept" if cfg.save_total_limit is None else f"newest {cfg.save_total_limit} kept"

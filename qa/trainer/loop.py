@@ -158,6 +158,10 @@ class Trainer:
                     self.save_checkpoint()
                 if loop.do_eval and loop.eval_strategy == "epoch" and st.epoch < plan.num_epochs:
                     self.evaluate()
+        if loop.checkpointing_steps == "epoch" and self.session.checkpointer.last_saved_step != st.global_step:
+            # max_train_steps ended the run inside an epoch (a run shorter than one epoch would keep nothing).
+            st.train_time_s = self._elapsed()
+            self.save_checkpoint()
         bar.close()
         st.train_time_s = self._elapsed()
         return COMPLETED

@@ -39,7 +39,7 @@ from qa.model.checks import check_model
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.model.settings import ModelSettings
 from qa.trainer.export import export_model
-from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
+from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir, release
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
 
@@ -85,10 +85,21 @@ def connect(sections: Sections) -> Accelerator:
     return accelerator
 
 
-def start(cfg: TrainConfig, sections: Sections, accelerator: Accelerator) -> Session:
+def planned_steps(sections: Sections, acc: Accelerator, data: Data) -> int | None:
+    """The run's optimizer steps, as build_model will plan them (whole global batches per epoch)."""
+    if data.train is None:
+        return None
+    d = sections.data
+    global_batch = d.per_device_train_batch_size * acc.num_processes * d.gradient_accumulation_steps
+    return sections.loop.total_steps(len(data.train) // global_batch)[0]
+
+
+def start(cfg: TrainConfig, sections: Sections, accelerator: Accelerator,
+          total_steps: int | None = None) -> Session | None:
     """Output_dir claim, storage, checkpoint to resume from, then the tracker: after every input check
     (``connect``, ``prepare_data``). ``cfg`` itself only decides who owns output_dir and is recorded
-    (run_config.yaml, the tracker's config).
+    (run_config.yaml, the tracker's config). None: the checkpoint to resume is the end of a finished run
+    (``total_steps`` reached, final/ exported); that is said once and nothing is changed.
 
     Collective: every rank calls it.
     """
@@ -107,6 +118,13 @@ def start(cfg: TrainConfig, sections: Sections, accelerator: Accelerator) -> Ses
         if accelerator.is_main_process:
             abandon(cfg.output_dir)  # a refused start leaves output_dir as it found it
         raise
+    if saved is not None and already_finished(saved.global_step, total_steps, Path(cfg.output_dir)):
+        if accelerator.is_main_process:
+            print(f"resume_from_checkpoint: the run in {cfg.output_dir} already finished at step {saved.global_step} "
+                  f"(final/ is exported); nothing was changed. To train further, raise --max_train_steps or "
+                  "--num_train_epochs", file=sys.stderr, flush=True)
+            release(cfg.output_dir)  # the lock file stays, as every finished run leaves it
+        return None
     state = TrainState(seed=sections.data.seed, world_size=accelerator.num_processes,
                        data_order=sections.data.order.key(accelerator.num_processes))
     if saved is not None:
@@ -123,6 +141,12 @@ def start(cfg: TrainConfig, sections: Sections, accelerator: Accelerator) -> Ses
     state.tracker_run_id = tracker.run_id
     return Session(accelerator=accelerator, precision=precision, tracker=tracker, checkpointer=checkpointer,
                    preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)
+
+
+def already_finished(step: int, total_steps: int | None, output_dir: Path) -> bool:
+    """A resume at the run's last step, with final/ there: evaluating and exporting again would only rewrite
+    what the run already wrote. Without final/ (a crash after the last save) the run still has to finish."""
+    return total_steps is not None and step >= total_steps and (output_dir / "final").is_dir()
 
 
 def check_data(data: DataSettings) -> None:

@@ -356,3 +356,11 @@ def test_checkpoint_disk_row_compares_kept_checkpoints_with_free_space(tiny: Pat
         plan = describe_plan(_cfg(tiny, "--output_dir", str(disk / "out"), "--save_total_limit", "1",
                                   "--deepspeed", "null"), world_size=1, cuda=False)
         assert "checkpoints need about" not in plan  # 2 x ~12 MB fit in 30 MiB
+
+
+def test_epoch_checkpoints_of_a_run_shorter_than_an_epoch_say_it_saves_at_the_end(tiny: Path) -> None:
+    row = _row(describe_plan(_cfg(tiny, "--checkpointing_steps", "epoch", "--max_train_steps", "2"), world_size=1,
+                             cuda=False), "checkpoints")
+    assert row.startswith("at the end of each epoch (steps none); max_train_steps ends the run at step 2 (shorter "
+                          "than one epoch), inside an epoch of ")
+    assert ": saved there too" in row
