@@ -28,15 +28,16 @@ from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 def run(cfg: TrainConfig) -> int:
     sections = split_config(cfg)  # each component gets its own section (data, model, optimizer, checkpoint, ...)
     accelerator = setup.connect(sections)  # accelerator; data files, model config and tokenizer checked
+    startup.mark("setup")
     data = setup.prepare_data(sections.data, sections.model, accelerator)  # examples -> cached features
     test = prediction.prepare_data(sections.data, accelerator, data.tokenizer) if cfg.do_predict else None
+    startup.mark("data")
     weights = setup.load_weights(sections.model)  # from_pretrained: unreadable weights fail before any write
-    startup.mark("data")  # every input check is done: nothing was written before this line
+    # Every input check is done: nothing was written before this line.
     steps = setup.planned_steps(sections, accelerator, data)
     session = setup.start(cfg, sections, accelerator, steps)  # output_dir claim, storage, resume, tracker
     if session is None:
         return 0  # resumed a run that had already finished: said so, changed nothing
-    startup.mark("setup")
     model = setup.build_model(sections, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
