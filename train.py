@@ -27,12 +27,18 @@ from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 
 def run(cfg: TrainConfig) -> int:
     sections = split_config(cfg)  # each component gets its own section (data, model, optimizer, checkpoint, ...)
-    session = setup.start(cfg, sections)  # accelerator, input checks, output_dir claim, storage, resume, tracker
+    accelerator = setup.connect(sections)  # accelerator; data files, model config and tokenizer checked
     startup.mark("setup")
-    data = setup.prepare_data(sections.data, sections.model, session)  # examples -> cached features
-    test = prediction.prepare_data(sections.data, session, data.tokenizer) if cfg.do_predict else None
+    data = setup.prepare_data(sections.data, sections.model, accelerator)  # examples -> cached features
+    test = prediction.prepare_data(sections.data, accelerator, data.tokenizer) if cfg.do_predict else None
     startup.mark("data")
-    model = setup.build_model(sections, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
+    weights = setup.load_weights(sections.model)  # from_pretrained: unreadable weights fail before any write
+    # Every input check is done: nothing was written before this line.
+    steps = setup.planned_steps(sections, accelerator, data)
+    session = setup.start(cfg, sections, accelerator, steps)  # output_dir claim, storage, resume, tracker
+    if session is None:
+        return 0  # resumed a run that had already finished: said so, changed nothing
+    model = setup.build_model(sections, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
     if data.eval is not None and cfg.eval_before_training:
@@ -63,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run(cfg)
     except UserError as e:
-        # One line, no traceback: the message names the key, file, row or id to fix.
-        if not getattr(e, "reported_by_rank_zero", False):
+        # One line, no traceback: the message names the key, file, row or id to fix. Under a launcher every rank
+        # reads the same config, so only each node's first rank says it (one line on one machine).
+        if not getattr(e, "reported_by_rank_zero", False) and startup.speaks_for_node():
             print(f"{type(e).__name__.removesuffix('Error').lower() or 'input'} error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,20 @@ def ask_one_question(final: Path, run_config: Path) -> None:
           f"\n  gold:     {' | '.join(a['text'] for a in item['answers'])}")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(extra: list[str]) -> int:
     """``extra``: train.py options that override configs/demo_cpu.yaml (e.g. ``--mixed_precision bf16``)."""
     from local_s3 import LocalS3Server
     from qa.checkpoint.s3 import S3Store
     from qa.distributed.accelerator import free_port
 
-    output_dir = REPO / "outputs" / "demo"
+    # SIGTERM's default action ends the process at once, past the `with` below that stops SeaweedFS (it runs in
+    # a session of its own, so nothing else reaches it). As SystemExit, the launcher is stopped and the server too.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    output_dir = Path(os.environ.get("QA_DEMO_OUTPUT_DIR", REPO / "outputs" / "demo"))
     # The demo's own scratch directory: each demo starts clean (train.py refuses a fresh run into a directory
     # holding another run's checkpoints, and --overwrite_output_dir would keep every old demo beside it).
     shutil.rmtree(output_dir, ignore_errors=True)

@@ -27,3 +27,4 @@ class CheckpointSettings:
     resume_weights_only: bool
     data_order: DataOrder  # what a checkpoint's data position depends on: a resume must keep it
     config_yaml: str  # the resolved run config, secrets redacted, saved beside each checkpoint
+    keep_training_when_disk_full: bool = False  # with a store: skip a save the local disk has no room for

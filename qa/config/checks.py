@@ -76,6 +76,9 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
         except ValueError as e:
             raise ConfigError(f"s3_uri: {e}") from e
         need(cfg.s3_uri.startswith("s3://") or cfg.s3_sse is None, "s3_sse", "only applies to an s3:// s3_uri")
+    if cfg.keep_training_when_disk_full:
+        need(cfg.s3_uri is not None, "keep_training_when_disk_full",
+             "needs s3_uri (without a store the local checkpoints are the only copies)")
     if cfg.s3_sse_kms_key_id is not None:
         need(cfg.s3_sse == "aws:kms", "s3_sse_kms_key_id", "only applies with s3_sse: aws:kms")
     r = cfg.resume_from_checkpoint
@@ -89,6 +92,10 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
             if not used:
                 continue
             if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{key}: file not found: {path}")
+                where = "" if Path(path).is_absolute() else f" (relative paths are read from {Path.cwd()}" + (
+                    ", then the config file's directory and those above it, then the repository)"
+                    if key == "deepspeed" else ")")
+                raise ConfigError(f"{key}: file not found: {path}{where}")
         if r is not None and r != "auto" and not is_store_uri(r) and not Path(r).is_dir():
-            raise ConfigError(f"resume_from_checkpoint: directory not found: {r}")
+            where = "" if Path(r).is_absolute() else f" (relative paths are read from {Path.cwd()})"
+            raise ConfigError(f"resume_from_checkpoint: directory not found: {r}{where}")

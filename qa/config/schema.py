@@ -104,7 +104,9 @@ class TrainConfig:
     output_dir: str = _key("outputs/run", "Where checkpoints, metrics and the model go")
     # A fresh run refuses an output_dir holding another run's checkpoints or final model; this moves that
     # directory aside (to <output_dir>.old-<UTC time>, nothing deleted) first. See qa/trainer/output_dir.py.
-    overwrite_output_dir: bool = _key(False, "Allow writing into an output_dir that already holds a run")
+    overwrite_output_dir: bool = _key(
+        False, "Start fresh in an output_dir that holds a run: the old one is moved aside to "
+               "<output_dir>.old-<UTC time> (nothing is deleted)")
     run_name: str | None = _key(None, "Run name; null: output_dir's last part")
     # An int (every N optimizer steps), "epoch", or null (no intermediate checkpoints). HfArgumentParser
     # cannot take this Union; the loader parses it as a string and turns digits into an int.
@@ -118,6 +120,11 @@ class TrainConfig:
         None, "auto (newest local, else the store), a checkpoint directory, or an s3:// URI")
     resume_weights_only: bool = _key(
         False, "Resume model weights only (fresh optimizer, schedule and data order)")
+    # A save that finds too little free space (or fails to write) stops the run with the previous checkpoint
+    # intact; with s3_uri the user may rather skip that checkpoint and keep training (uploads go on, and rotation
+    # may free space for the next save).
+    keep_training_when_disk_full: bool = _key(
+        False, "With s3_uri: skip a checkpoint the local disk has no room for and keep training (default: stop)")
     # --- S3 ---------------------------------------------------------------------------------------
     # Where checkpoints and the final model are copied: s3://bucket/prefix, or file:///absolute/path for a
     # shared or mounted filesystem (e.g. NFS; s3_create_bucket then creates the directory, s3_sse must be null).

@@ -60,7 +60,8 @@ def split_config(cfg: TrainConfig) -> Sections:
                                 create_bucket=cfg.s3_create_bucket, upload_timeout_s=cfg.s3_upload_timeout),
         checkpoint=CheckpointSettings(
             output_dir=Path(cfg.output_dir), run_name=cfg.resolved_run_name, save_total_limit=cfg.save_total_limit,
-            resume_weights_only=cfg.resume_weights_only, data_order=data.order, config_yaml=config_yaml(cfg)),
+            resume_weights_only=cfg.resume_weights_only, data_order=data.order, config_yaml=config_yaml(cfg),
+            keep_training_when_disk_full=cfg.keep_training_when_disk_full),
         tracking=TrackingSettings(
             output_dir=cfg.output_dir, report_to=cfg.report_to, project=cfg.wandb_project, entity=cfg.wandb_entity,
             run_name=cfg.resolved_run_name, group=cfg.wandb_group or cfg.resolved_run_name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from qa.config import TrainConfig, split_config
@@ -266,6 +267,8 @@ def _outputs(f: _Facts, lines: _Lines) -> None:
     lines.row("output_dir", f"{cfg.output_dir} (run_config.yaml, metrics.jsonl on rank 0's node; each node's "
               "checkpoint files on its own; multi-node without s3_uri: a filesystem all nodes share)")
     lines.row("checkpoints", f"{cfg.output_dir}/checkpoints/step_NNNNNNN/")
+    if cfg.do_train:  # periodic, preemption and Ctrl-C checkpoints
+        lines.row("checkpoint disk", _disk_line(f))
     if cfg.do_train:
         lines.row("final model", f"{cfg.output_dir}/final/ (save_pretrained + tokenizer)")
     if cfg.s3_uri:
@@ -279,6 +282,27 @@ def _outputs(f: _Facts, lines: _Lines) -> None:
                    f"{cfg.wandb_group or run_name}, run {run_name}; {_wandb_mode(os.environ)}")
     else:
         lines.row("W&B", "off (report_to: none); console and metrics.jsonl only")
+
+
+def _disk_line(f: _Facts) -> str:
+    """One checkpoint's estimated size x the checkpoints kept, against the free space where they go."""
+    from qa.checkpoint.disk import estimate_checkpoint_bytes, free_bytes
+
+    cfg = f.cfg
+    out = Path(cfg.output_dir) / "checkpoints"
+    free = free_bytes(out)
+    if f.num_params is None:
+        return f"size unknown (needs the model config); {format_bytes(free)} free in {out}"
+    one = estimate_checkpoint_bytes(f.num_params, deepspeed=f.ds is not None,
+                                    mixed_precision=f.precision in ("fp16", "bf16"), export=cfg.export_every_checkpoint)
+    # One more than the limit exists for a moment: the newest is written before the oldest is rotated away.
+    kept = (cfg.save_total_limit + 1) if cfg.save_total_limit is not None else None
+    need = f"{format_bytes(one)} each x {kept} (save_total_limit + 1 while saving) = {format_bytes(one * kept)}" \
+        if kept is not None else f"{format_bytes(one)} each, all kept (save_total_limit: null)"
+    if kept is not None and one * kept > free:
+        f.warnings.append(f"checkpoints need about {format_bytes(one * kept)} in {out}, only {format_bytes(free)} "
+                          "is free: lower save_total_limit or free space")
+    return f"~{need}; {format_bytes(free)} free in {out}"
 
 
 def _eval_line(cfg: TrainConfig, sched: Schedule | None) -> str:
@@ -309,6 +333,10 @@ def _checkpoint_line(cfg: TrainConfig, sched: Schedule | None) -> str:
     elif c == "epoch":
         steps = _steps(sched.epoch_ends()) if sched else "unknown"
         what = f"at the end of each epoch (steps {steps})"
+        if sched and sched.total_steps not in sched.epoch_ends():
+            shorter = " (shorter than one epoch)" if not sched.epoch_ends() else ""
+            what += (f"; max_train_steps ends the run at step {sched.total_steps:,}{shorter}, inside an epoch of "
+                     f"{sched.steps_per_epoch:,} steps: saved there too")
     else:
         what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
     keep = "all kept" if cfg.save_total_limit is None else f"newest {cfg.save_total_limit} kept"

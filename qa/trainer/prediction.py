@@ -22,6 +22,7 @@ from qa.trainer.parts import Model, Session
 
 if TYPE_CHECKING:
     import datasets
+    from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
     from qa.data.settings import DataSettings
@@ -38,12 +39,11 @@ class PredictData:
     labeled: bool  # every example has answers: score the predictions
 
 
-def prepare_data(data: DataSettings, session: Session, tokenizer: PreTrainedTokenizerBase) -> PredictData:
+def prepare_data(data: DataSettings, acc: Accelerator, tokenizer: PreTrainedTokenizerBase) -> PredictData:
     """Test examples (answers optional) -> windows; built by the main process first, cached, like eval's.
 
     Collective: every rank calls it.
     """
-    acc = session.accelerator
     with acc.main_process_first():
         examples = qa_formats.load_examples(
             dataset_name=None, dataset_config_name=None, data_file=data.test_file, split="test",

@@ -21,6 +21,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from qa.checkpoint.disk import estimate_checkpoint_bytes
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.settings import StorageSettings
 from qa.checkpoint.state import TrainState
@@ -35,11 +36,12 @@ from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
 from qa.model.build import load_model, load_tokenizer
+from qa.model.checks import check_model
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.model.settings import ModelSettings
 from qa.trainer import startup
 from qa.trainer.export import export_model
-from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir
+from qa.trainer.output_dir import abandon, check_resume_target, claim_output_dir, release
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 from qa.trainer.preemption import PreemptionHandler, clear_marker
 
@@ -67,23 +69,52 @@ def _setup_logging(is_main: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
-def start(cfg: TrainConfig, sections: Sections) -> Session:
-    """Accelerator, input checks, storage, checkpoint to resume from, then the tracker: all before data or model.
-    ``cfg`` itself only decides who owns output_dir and is recorded (run_config.yaml, the tracker's config).
+def _threads() -> str:
+    return startup.threads.describe() if startup.threads is not None else "threads as torch chose"
+
+
+def connect(sections: Sections) -> Accelerator:
+    """Accelerator, logging and seed, then the input checks that need no features: the data files and the model
+    and tokenizer (qa.model.checks: config, weight shapes, vocabulary, special tokens; no weights loaded).
+    Nothing is written yet.
 
     Collective: every rank calls it.
     """
-    from qa.tracking.tracker import Tracker, log_with_for
+    from qa.tracking.tracker import log_with_for
 
     accelerator = build_accelerator(sections.distributed, sections.optimizer,
                                     log_with=log_with_for(sections.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
     set_seed(sections.data.seed)
     choice = machine_precision(sections.distributed.mixed_precision)
-    precision = choice.precision
-    threads = startup.threads.describe() if startup.threads is not None else "threads as torch chose"
-    logger.info("precision: %s; %s", choice.describe(), threads)  # check_launch warned if it will be slow
+    logger.info("precision: %s; %s", choice.describe(), _threads())  # check_launch warned if it will be slow
     on_rank_zero(accelerator, lambda: check_data(sections.data))  # bad data fails here, before anything is written
+    on_rank_zero(accelerator, lambda: check_model(sections.model))  # missing, offline, no tokenizer, wrong vocab
+    return accelerator
+
+
+def planned_steps(sections: Sections, acc: Accelerator, data: Data) -> int | None:
+    """The run's optimizer steps, as build_model will plan them (whole global batches per epoch)."""
+    if data.train is None:
+        return None
+    d = sections.data
+    global_batch = d.per_device_train_batch_size * acc.num_processes * d.gradient_accumulation_steps
+    return sections.loop.total_steps(len(data.train) // global_batch)[0]
+
+
+def start(cfg: TrainConfig, sections: Sections, accelerator: Accelerator,
+          total_steps: int | None = None) -> Session | None:
+    """Output_dir claim, storage, checkpoint to resume from, then the tracker: after every input check
+    (``connect``, ``prepare_data``). ``cfg`` itself only decides who owns output_dir and is recorded
+    (run_config.yaml, the tracker's config). None: the checkpoint to resume is the end of a finished run
+    (``total_steps`` reached, final/ exported); that is said once and nothing is changed.
+
+    Collective: every rank calls it.
+    """
+    from qa.tracking.tracker import Tracker
+
+    choice = machine_precision(sections.distributed.mixed_precision)
+    precision, threads = choice.precision, _threads()
     claim_output_dir(cfg, accelerator)  # first write: refuse another run's or a live run's dir, then lock it
     try:
         store, uploader = _storage(sections.storage, accelerator)
@@ -96,6 +127,13 @@ def start(cfg: TrainConfig, sections: Sections) -> Session:
         if accelerator.is_main_process:
             abandon(cfg.output_dir)  # a refused start leaves output_dir as it found it
         raise
+    if saved is not None and already_finished(saved.global_step, total_steps, Path(cfg.output_dir)):
+        if accelerator.is_main_process:
+            print(f"resume_from_checkpoint: the run in {cfg.output_dir} already finished at step {saved.global_step} "
+                  f"(final/ is exported); nothing was changed. To train further, raise --max_train_steps or "
+                  "--num_train_epochs", file=sys.stderr, flush=True)
+            release(cfg.output_dir)  # the lock file stays, as every finished run leaves it
+        return None
     state = TrainState(seed=sections.data.seed, world_size=accelerator.num_processes,
                        data_order=sections.data.order.key(accelerator.num_processes))
     if saved is not None:
@@ -113,6 +151,12 @@ def start(cfg: TrainConfig, sections: Sections) -> Session:
     state.tracker_run_id = tracker.run_id
     return Session(accelerator=accelerator, precision=precision, tracker=tracker, checkpointer=checkpointer,
                    preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)
+
+
+def already_finished(step: int, total_steps: int | None, output_dir: Path) -> bool:
+    """A resume at the run's last step, with final/ there: evaluating and exporting again would only rewrite
+    what the run already wrote. Without final/ (a crash after the last save) the run still has to finish."""
+    return total_steps is not None and step >= total_steps and (output_dir / "final").is_dir()
 
 
 def check_data(data: DataSettings) -> None:
@@ -168,12 +212,13 @@ def _storage(settings: StorageSettings,
     return store, uploader
 
 
-def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> Data:
-    """Examples and features; built once by the main process (cached), then loaded by the others.
+def prepare_data(data: DataSettings, model: ModelSettings, acc: Accelerator) -> Data:
+    """Examples and features; built once by the main process (cached), then loaded by the others. Runs before
+    the output_dir claim: a question longer than the window, or too few windows for one optimizer step, stops
+    the run before anything is written.
 
     Collective: every rank calls it.
     """
-    acc = session.accelerator
     tokenizer = load_tokenizer(model)
     train, eval_set = None, None
     with acc.main_process_first():
@@ -190,6 +235,8 @@ def prepare_data(data: DataSettings, model: ModelSettings, session: Session) -> 
             eval_set = _eval_set(data, tokenizer, is_main=acc.is_main_process)
     if train is not None:
         logger.info("train: %d features", len(train))
+        check_fills_one_step(len(train), data.per_device_train_batch_size, acc.num_processes,
+                             data.gradient_accumulation_steps)
     if eval_set is not None:
         logger.info("eval: %d examples, %d features", len(eval_set.examples.ids), len(eval_set.features))
     return Data(tokenizer=tokenizer, train=train, eval=eval_set)
@@ -216,14 +263,25 @@ def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, *, is_main
     return EvalSet(features=feats, examples=examples, arrays=arrays)
 
 
-def build_model(sections: Sections, session: Session, data: Data) -> Model:
-    """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once).
+def load_weights(settings: ModelSettings) -> torch.nn.Module:
+    """from_pretrained, before the output_dir claim: weights that cannot be read (a truncated or corrupt file)
+    are a one-line ConfigError and the run has written nothing. Every rank loads its own copy."""
+    try:
+        return load_model(settings)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model_name_or_path: the weights of {settings.model_name_or_path} cannot be loaded: "
+                          f"{first}") from None
+
+
+def build_model(sections: Sections, session: Session, data: Data, model: torch.nn.Module) -> Model:
+    """Optimizer, schedule and train loader for ``model`` (``load_weights``), prepared together (DeepSpeed
+    needs them at once).
 
     Collective: every rank calls it.
     """
     acc = session.accelerator
     batching = sections.data
-    model = load_model(sections.model)
     accepted = set(inspect.signature(model.forward).parameters)
     # pad_to_multiple_of=8: tensor-core friendly shapes at almost no padding cost.
     collator = DataCollatorWithPadding(data.tokenizer, pad_to_multiple_of=8)
@@ -241,7 +299,6 @@ def build_model(sections: Sections, session: Session, data: Data) -> Model:
     train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
     keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
     micro, accumulation = batching.per_device_train_batch_size, batching.gradient_accumulation_steps
-    check_fills_one_step(len(feats), micro, acc.num_processes, accumulation)
     sampler = StepBatchSampler(np.asarray(feats["length"]), micro, acc.num_processes, accumulation,
                                seed=batching.seed, group_by_length=batching.group_by_length)
     loader = torch.utils.data.DataLoader(
@@ -261,6 +318,10 @@ def build_model(sections: Sections, session: Session, data: Data) -> Model:
             # engine reads this switch when it loads.
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
+    # The first save's free-space check needs a size before any checkpoint exists (qa.checkpoint.disk).
+    session.checkpointer.expected_bytes = estimate_checkpoint_bytes(
+        sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()), deepspeed=ds_config is not None,
+        mixed_precision=session.precision in ("fp16", "bf16"), export=sections.loop.export_every_checkpoint)
     optimizer = build_optimizer(sections.optimizer, model, ds_config)
     scheduler = build_scheduler(sections.optimizer, optimizer, steps, ds_config)
     if sections.model.torch_compile:

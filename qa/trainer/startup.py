@@ -130,3 +130,12 @@ def format_timeline(marks: list[tuple[str, float]]) -> str:
         return ""
     parts = [f"{phase} {t - prev:.1f}" for (phase, t), (_, prev) in zip(rest, marks, strict=False)]
     return f"first step after {rest[-1][1] - t0:.1f}s ({', '.join(parts)})"
+
+
+def speaks_for_node() -> bool:
+    """Whether this process reports a user error: alone, or the first rank of its node under a launcher.
+
+    Every rank parses the same config and files, so N ranks would print N copies of one line. Each node's first
+    rank (not only global rank 0) speaks, so a node that lacks a file another has still says so.
+    """
+    return os.environ.get("LOCAL_RANK", "0") == "0"
