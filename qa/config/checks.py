@@ -35,6 +35,7 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> None:
     for key in ("learning_rate", "weight_decay", "num_warmup_steps", "max_grad_norm", "num_train_epochs",
                 "adam_epsilon", "s3_upload_timeout", "preemption_grace_seconds"):
         need(getattr(cfg, key) >= 0, key, f"must not be negative, got {getattr(cfg, key)}")
+    need(cfg.dropout is None or 0 <= cfg.dropout < 1, "dropout", f"must be in [0, 1) or null, got {cfg.dropout}")
     need(cfg.learning_rate > 0 or not cfg.do_train, "learning_rate", "must be positive when training")
     need(cfg.lr_scheduler_type not in UNSUPPORTED_SCHEDULERS, "lr_scheduler_type",
          f"{cfg.lr_scheduler_type} {UNSUPPORTED_SCHEDULERS.get(cfg.lr_scheduler_type)}; use linear, cosine, "

@@ -26,6 +26,8 @@ class TrainConfig:
     tokenizer_name: str | None = _key(None, "Tokenizer id or directory, if not the model's own")
     attn_implementation: str | None = _key(
         "sdpa", "Attention kernel passed to from_pretrained (sdpa, eager, ...)")
+    dropout: float | None = _key(
+        None, "Hidden and attention dropout of the encoder (0 turns it off); null keeps the model's own")
     # --- data --------------------------------------------------------------------------------
     dataset_name: str | None = _key(None, "Hub dataset (squad, squad_v2) instead of local files")
     dataset_config_name: str | None = _key(None, "Configuration name of the Hub dataset")
@@ -75,7 +77,7 @@ class TrainConfig:
     seed: int = _key(42, "Random seed")
     # "auto": fp16 where CUDA is present, fp32 elsewhere (fp16 is GPU-only).
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _key(
-        "auto", "auto: fp16 on CUDA, fp32 elsewhere")
+        "auto", "auto: fp16 on CUDA, bf16 on CPUs with a bf16 unit (AVX512-BF16, AMX), fp32 elsewhere")
     # DeepSpeed JSON (batch sizes, precision, optimizer values are "auto" and filled from this config);
     # null runs plain DDP. A relative path is found as qa/config/load.py:resolve_repo_path says.
     deepspeed: str | None = _key(

@@ -46,7 +46,8 @@ def split_config(cfg: TrainConfig) -> Sections:
     return Sections(
         data=data,
         model=ModelSettings(model_name_or_path=cfg.model_name_or_path, tokenizer_name=cfg.tokenizer_name,
-                            attn_implementation=cfg.attn_implementation, torch_compile=cfg.torch_compile),
+                            attn_implementation=cfg.attn_implementation, torch_compile=cfg.torch_compile,
+                            dropout=cfg.dropout),
         optimizer=OptimizerSettings(
             learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
             adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon, lr_scheduler_type=cfg.lr_scheduler_type,

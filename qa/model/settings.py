@@ -11,6 +11,7 @@ class ModelSettings:
     tokenizer_name: str | None
     attn_implementation: str | None
     torch_compile: bool
+    dropout: float | None = None  # hidden and attention dropout; None: the model's own
 
     @property
     def tokenizer_source(self) -> str:
