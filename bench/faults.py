@@ -143,6 +143,11 @@ def _reference(mode: str, work: Path, model: Path, train: Path, server, store_fo
 def _build_ops(env: dict[str, str]) -> None:
     """Build DeepSpeed's CPU collectives op into the campaign's cache before any fault can interrupt it."""
     if env.get("DS_ACCELERATOR") == "cpu":
+        ours, theirs = Path(env["TORCH_EXTENSIONS_DIR"]), Path(sys.prefix) / "torch_extensions"
+        if not ours.exists() and (theirs / "deepspeed_shm_comm").is_dir():
+            # The environment's build: ninja finds it up to date when built by this same Python (as in CI).
+            shutil.copytree(theirs / "deepspeed_shm_comm", ours / "deepspeed_shm_comm",
+                            ignore=shutil.ignore_patterns("lock"))
         subprocess.run([sys.executable, "-c", "from deepspeed.accelerator import get_accelerator; "
                         "get_accelerator().create_op_builder('ShareMemCommBuilder').load()"],
                        env=env, check=True, capture_output=True)
