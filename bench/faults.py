@@ -204,6 +204,8 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
             results.append((seed, plan.describe(), verdict, run.injected + [f"missed:{k}" for k in run.missed]))
             if not verdict.violations:
                 shutil.rmtree(root, ignore_errors=True)  # keep only failing trials' logs and outputs
+    except KeyboardInterrupt:  # Ctrl-C: stop after the trials done so far, and print their table
+        print(f"interrupted: {len(results)} trial(s) done", file=out, flush=True)
     finally:
         server.stop(kill=True)
     return results
