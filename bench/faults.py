@@ -33,7 +33,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent), str(_HERE.parent / "tests" / "support"), str(_HERE.parent / "tools")]
 
 from fault_checks import Reference, Verdict, check_trial, load_weights  # noqa: E402
-from fault_cluster import JobSpec, train_losses  # noqa: E402
+from fault_cluster import JobSpec, tagged_processes, train_losses  # noqa: E402
 from fault_trial import KINDS, draw_plan, run_reference, run_trial  # noqa: E402
 
 DISK_MIB = 384
@@ -171,6 +171,7 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
     _build_ops(_env(server, work))
     refs: dict[str, Reference] = {}
     results = []
+    spec: JobSpec | None = None
     try:
         for seed in seeds:
             plan = draw_plan(seed)
@@ -206,6 +207,9 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
                 shutil.rmtree(root, ignore_errors=True)  # keep only failing trials' logs and outputs
     except KeyboardInterrupt:  # Ctrl-C: stop after the trials done so far, and print their table
         print(f"interrupted: {len(results)} trial(s) done", file=out, flush=True)
+        if spec is not None:
+            for proc in tagged_processes(spec.tag):  # the trial in progress runs in sessions of its own
+                proc.kill()
     finally:
         server.stop(kill=True)
     return results
