@@ -33,7 +33,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent), str(_HERE.parent / "tests" / "support"), str(_HERE.parent / "tools")]
 
 from fault_checks import Reference, Verdict, check_trial, load_weights  # noqa: E402
-from fault_cluster import JobSpec, train_losses  # noqa: E402
+from fault_cluster import JobSpec, tagged_processes, train_losses  # noqa: E402
 from fault_trial import KINDS, draw_plan, run_reference, run_trial  # noqa: E402
 
 DISK_MIB = 384
@@ -143,6 +143,11 @@ def _reference(mode: str, work: Path, model: Path, train: Path, server, store_fo
 def _build_ops(env: dict[str, str]) -> None:
     """Build DeepSpeed's CPU collectives op into the campaign's cache before any fault can interrupt it."""
     if env.get("DS_ACCELERATOR") == "cpu":
+        ours, theirs = Path(env["TORCH_EXTENSIONS_DIR"]), Path(sys.prefix) / "torch_extensions"
+        if not ours.exists() and (theirs / "deepspeed_shm_comm").is_dir():
+            # The environment's build: ninja finds it up to date when built by this same Python (as in CI).
+            shutil.copytree(theirs / "deepspeed_shm_comm", ours / "deepspeed_shm_comm",
+                            ignore=shutil.ignore_patterns("lock"))
         subprocess.run([sys.executable, "-c", "from deepspeed.accelerator import get_accelerator; "
                         "get_accelerator().create_op_builder('ShareMemCommBuilder').load()"],
                        env=env, check=True, capture_output=True)
@@ -166,6 +171,7 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
     _build_ops(_env(server, work))
     refs: dict[str, Reference] = {}
     results = []
+    spec: JobSpec | None = None
     try:
         for seed in seeds:
             plan = draw_plan(seed)
@@ -199,6 +205,11 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
             results.append((seed, plan.describe(), verdict, run.injected + [f"missed:{k}" for k in run.missed]))
             if not verdict.violations:
                 shutil.rmtree(root, ignore_errors=True)  # keep only failing trials' logs and outputs
+    except KeyboardInterrupt:  # Ctrl-C: stop after the trials done so far, and print their table
+        print(f"interrupted: {len(results)} trial(s) done", file=out, flush=True)
+        if spec is not None:
+            for proc in tagged_processes(spec.tag):  # the trial in progress runs in sessions of its own
+                proc.kill()
     finally:
         server.stop(kill=True)
     return results

@@ -33,9 +33,9 @@ def unpublished_before(keys: Iterable[str], prefix: str, published: str, keep: C
     return sorted((n for n, s in steps.items() if s < bound and n not in keep), key=steps.__getitem__)
 
 
-def collect_unpublished(store: Store, prefix: str, published: str, keep: Collection[str] = ()) -> list[str]:
+def collect_unpublished(store: Store, prefix: str, published: str) -> list[str]:
     """Delete this run's unpublished checkpoints older than ``published``; returns their names."""
-    names = unpublished_before(store.list_keys(prefix), prefix, published, keep)
+    names = unpublished_before(store.list_keys(prefix), prefix, published)
     for name in names:
         count = store.delete_prefix(f"{prefix}/{name}")
         logger.info("deleted %d object(s) of the unpublished %s (an interrupted upload)", count,

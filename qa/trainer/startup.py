@@ -31,7 +31,7 @@ from types import FrameType
 from typing import TextIO
 
 from qa.errors import EXIT_INTERRUPTED
-from qa.preflight.build_locks import clear_stale_build_locks
+from qa.preflight.build_locks import sweep_build_locks
 from qa.preflight.ops import extensions_dir
 from qa.trainer.threads import ThreadChoice, set_threads
 from qa.trainer.watchdog import launched_by_launcher, watch_launcher
@@ -85,7 +85,7 @@ def prepare_process() -> None:
         signal.signal(signal.SIGINT, _interrupted_early)
     if not os.environ.get("TORCH_EXTENSIONS_DIR"):  # unset or empty (torch would build into the cwd)
         os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
-    clear_stale_build_locks(extensions_dir())  # else a lock left by a killed process hangs this launch for ever
+    sweep_build_locks(extensions_dir())  # else a lock left by a killed process hangs this launch for ever
     quiet_repeated_warnings()
     global threads
     threads = set_threads(os.environ, launched_by_launcher(os.environ))

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from qa.preflight.build_locks import clear_stale_build_locks
+from qa.preflight.build_locks import clear_stale_build_locks, sweep_build_locks
 
 
 def _lock(root: Path, op: str, age_s: float) -> Path:
@@ -35,3 +35,13 @@ def test_a_lock_left_by_a_dead_process_is_removed_and_a_live_or_young_one_kept(t
     assert removed == [dead]
     assert not dead.exists() and young.exists() and building.exists()
     assert clear_stale_build_locks(tmp_path / "absent") == []
+
+
+def test_the_sweep_clears_a_lock_left_after_start_up_while_torch_would_be_waiting_on_it(tmp_path: Path) -> None:
+    sweeper = sweep_build_locks(tmp_path, every_s=0.05, for_s=30)
+    lock = _lock(tmp_path, "deepspeed_shm_comm", age_s=600)  # a loader killed after this process started
+    deadline = time.monotonic() + 20
+    while lock.exists():
+        assert time.monotonic() < deadline, "the sweep never removed the stale lock"
+        time.sleep(0.05)  # polling for the condition with a deadline
+    assert sweeper.is_alive()
