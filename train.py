@@ -28,11 +28,17 @@ from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 
 
 def run(cfg: Config) -> int:
-    session = setup.start(cfg)  # accelerator, input checks, output_dir claim, storage, resume, tracker
+    accelerator = setup.connect(cfg)  # accelerator; data files, model config and tokenizer checked
     startup.mark("setup")
-    data = setup.prepare_data(cfg, session)  # examples -> cached windows (train, eval, test)
+    data = setup.prepare_data(cfg, accelerator)  # examples -> cached windows (train, eval, test)
     startup.mark("data")
-    model = setup.build_model(cfg, session, data)  # model, optimizer, schedule, loader via accelerate/DeepSpeed
+    weights = setup.load_weights(cfg.model)  # from_pretrained: unreadable weights fail before any write
+    # Every input check is done: nothing was written before this line.
+    steps = setup.planned_steps(cfg, accelerator, data)
+    session = setup.start(cfg, accelerator, steps)  # output_dir claim, storage, resume, tracker
+    if session is None:
+        return 0  # resumed a run that had already finished: said so, changed nothing
+    model = setup.build_model(cfg, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
     if data.eval is not None and cfg.eval.eval_before_training:
@@ -63,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run(cfg)
     except UserError as e:
-        # One line, no traceback: the message names the key, file, row or id to fix.
-        if not getattr(e, "reported_by_rank_zero", False):
+        # One line, no traceback: the message names the key, file, row or id to fix. Under a launcher every rank
+        # reads the same config, so only each node's first rank says it (one line on one machine).
+        if not getattr(e, "reported_by_rank_zero", False) and startup.speaks_for_node():
             print(f"{type(e).__name__.removesuffix('Error').lower() or 'input'} error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
 

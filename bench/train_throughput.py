@@ -53,6 +53,9 @@ def _load(name: str) -> ModuleType:
 sampling = _load("data/sampler")
 qa_loss = _load("model/loss")
 perf = _load("trainer/perf")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (bench/machine.py: the CPU, its SIMD level, what auto picks)
+
 gpu_peak_tflops, model_shape, train_flops = perf.gpu_peak_tflops, perf.model_shape, perf.train_flops
 
 PAD_MULTIPLE = 8
@@ -352,6 +355,7 @@ def print_report(
         f"{args.steps} timed steps after {args.warmup} warmup\n"
     )
     print(f"- device: {dev_name}; torch {torch.__version__}")
+    print("\n".join(machine.describe_machine()))
     print(
         f"- data: {windows.source}; mean window {windows.lengths.mean():.1f} real tokens, "
         f"max_seq_length {args.max_seq_length}"
@@ -436,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--synthetic", action="store_true", help="use synthetic windows even if real data exists")
     p.add_argument("--peak_tflops", type=float, default=None, help="override the GPU peak used for MFU")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_bf16", action="store_true", help="on CPU, skip the bf16 run beside fp32 (slow without "
+                   "a bf16 unit)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps must be >= 1, --warmup >= 0, --batch_size >= 1")
@@ -463,6 +469,19 @@ def main(argv: list[str] | None = None) -> None:
     if peak is None and device.type == "cuda":
         peak = gpu_peak_tflops(torch.cuda.get_device_name(device), args.dtype)
     print_report(results, args, windows, device, peak)
+    if device.type == "cpu" and args.dtype == "fp32" and not args.no_bf16:
+        compare_bf16(results[0], args, windows, batches, device)
+
+
+def compare_bf16(fp32: RunResult, args: argparse.Namespace, windows: Windows, batches: list[list[int]],
+                 device: torch.device) -> None:
+    """The same batches under bf16 autocast: what mixed_precision bf16 would give on this CPU."""
+    print("running grouped in bf16 ...", file=sys.stderr, flush=True)
+    bf16 = run(fp32.config, argparse.Namespace(**{**vars(args), "dtype": "bf16"}), windows, batches, device)
+    a, b = fp32.samples / fp32.seconds, bf16.samples / bf16.seconds
+    print(f"\nfp32 {a:.2f} samples/s, bf16 {b:.2f} samples/s ({b / a:.2f}x) on {machine.cpu_label()}, "
+          f"{torch.get_num_threads()} threads; mixed_precision auto picks "
+          f"{machine.machine_precision('auto').name} here")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,19 +50,27 @@ def ask_one_question(final: Path, run_config: Path) -> None:
           f"\n  gold:     {' | '.join(a['text'] for a in item['answers'])}")
 
 
-def main() -> int:
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(extra: list[str]) -> int:
+    """``extra``: train.py options that override configs/demo_cpu.yaml (e.g. ``--mixed_precision bf16``)."""
     from local_s3 import LocalS3Server
     from qa.checkpoint.s3 import S3Store
     from qa.distributed.accelerator import free_port
 
-    output_dir = REPO / "outputs" / "demo"
+    # SIGTERM's default action ends the process at once, past the `with` below that stops SeaweedFS (it runs in
+    # a session of its own, so nothing else reaches it). As SystemExit, the launcher is stopped and the server too.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    output_dir = Path(os.environ.get("QA_DEMO_OUTPUT_DIR", REPO / "outputs" / "demo"))
     # The demo's own scratch directory: each demo starts clean (train.py refuses a fresh run into a directory
     # holding another run's checkpoints, and --overwrite_output_dir would keep every old demo beside it).
     shutil.rmtree(output_dir, ignore_errors=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qa-demo-s3-") as s3_dir, LocalS3Server(s3_dir) as server:
         env = {**os.environ, **server.env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "WANDB_DIR": str(output_dir)}
         if "WANDB_API_KEY" not in os.environ:
             env.setdefault("WANDB_MODE", "offline")
@@ -71,7 +80,7 @@ def main() -> int:
                "--main_process_port", str(free_port()),
                str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo_cpu.yaml"),
                "--model_name_or_path", str(minilm_dir()), "--output_dir", str(output_dir),
-               "--s3_uri", f"s3://{BUCKET}/runs", "--s3_create_bucket", "true"]
+               "--s3_uri", f"s3://{BUCKET}/runs", "--s3_create_bucket", "true", *extra]
         print("$", " ".join(cmd[2:]))
         rc = subprocess.call(cmd, cwd=REPO, env=env)
         if rc != 0:
@@ -100,4 +109,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -24,6 +24,8 @@ from typing import Any
 
 from accelerate.utils import gather_object
 
+from qa.checkpoint.disk import DiskError, describe_write_error, shortfall, tree_bytes
+from qa.checkpoint.leftovers import collect_unpublished
 from qa.checkpoint.loading import load_model_only, load_resharded
 from qa.checkpoint.parts import NodeLayout, PartUpload, layout_from_local_indices
 from qa.checkpoint.reshard import zero_state_dirs
@@ -60,6 +62,16 @@ def _gather(accelerator: Any, value: Any) -> list[Any]:
     return gather_object([value])
 
 
+def _is_write_failure(error: Exception) -> bool:
+    # torch.save's C++ writer reports a failed write (ENOSPC included) as RuntimeError without an errno, and
+    # safetensors as SafetensorError ("I/O error: ... (os error 28)"): neither is an OSError.
+    if isinstance(error, OSError):
+        return True
+    text = str(error)
+    return any(s in text for s in ("iostream error", "unexpected pos", "PytorchStreamWriter", "file write failed",
+                                   "I/O error", "No space left"))
+
+
 def _write_marker(path: Path, text: str) -> None:
     # Atomic: on a shared filesystem several nodes write the same marker, and a reader must never see it empty.
     atomic_write_text(path, text)
@@ -93,6 +105,10 @@ class Checkpointer:
         self.resumed_from: str | None = None  # name of this run's checkpoint we resumed from: never rotated away
         self.last_save_s: float | None = None
         self.last_saved_step: int | None = None
+        # Bytes the next save needs on this node: the last checkpoint's size, before the first one an estimate
+        # from the parameter count (set by qa.trainer.setup.build_model), None: not checked.
+        self.expected_bytes: int | None = None
+        self._protected: set[str] = set()  # checkpoints the last save found uploading on some node
         self._is_main = accelerator is None or accelerator.is_main_process
 
     # -- store naming ---------------------------------------------------------------------------------------
@@ -107,8 +123,10 @@ class Checkpointer:
         return self.store_uri_for(f"checkpoints/{name}")
 
     # -- save -----------------------------------------------------------------------------------------------
-    def save(self, state: TrainState, *, export: Any | None = None) -> Path:
-        """Collective: every rank calls it. Returns the checkpoint directory."""
+    def save(self, state: TrainState, *, export: Any | None = None) -> Path | None:
+        """Collective: every rank calls it. Returns the checkpoint directory; None when the disk had no room and
+        ``keep_training_when_disk_full`` skipped it. A full disk or a failed write otherwise raises DiskError
+        with the previous checkpoint intact and no partial directory left."""
         t0 = time.perf_counter()
         acc = self.accelerator
         path = self.root / step_name(state.global_step)
@@ -118,23 +136,62 @@ class Checkpointer:
             shutil.rmtree(path, ignore_errors=True)
             if (path / COMPLETE).exists():
                 raise OSError(f"could not remove the earlier checkpoint {path}")
+        mine = shortfall(self.root, self.expected_bytes) if acc.is_local_main_process and self.expected_bytes else None
+        if self._disk_problem(state, path, mine, removed=False):
+            return None
         acc.wait_for_everyone()
-        acc.save_state(str(path))
-        if export is not None:
-            export(path / "model")
-        if acc.is_main_process:
-            (path / STATE_FILE).write_text(state.to_json())
-            (path / "config.yaml").write_text(self.config_yaml)
+        error = None
+        try:
+            acc.save_state(str(path))
+            if export is not None:
+                export(path / "model")
+            if acc.is_main_process:
+                (path / STATE_FILE).write_text(state.to_json())
+                (path / "config.yaml").write_text(self.config_yaml)
+        except Exception as e:
+            if not _is_write_failure(e):
+                raise
+            error = f"saving {path} failed: {describe_write_error(e, path)}"
+        if self._disk_problem(state, path, error, removed=True):
+            return None
         acc.wait_for_everyone()
         pending, save_id = self._agree_on_publishing()
         if acc.is_local_main_process:
             # Every rank has written its files (this node's ranks to this disk): the checkpoint is complete here.
             _write_marker(path / COMPLETE, f"{state.global_step}\n")
             self.publish(path, state, protected=pending, save_id=save_id)
+        if acc.is_local_main_process:
+            self.expected_bytes = tree_bytes(path)  # what the next save will need here
         acc.wait_for_everyone()
+        # The preemption path saves only a step not saved yet: saving it again would delete the directory its
+        # upload reads and publish it twice, under two save ids (on several nodes the first one then waits for
+        # parts that never come).
+        self.last_saved_step = state.global_step
         self.last_save_s = time.perf_counter() - t0
         logger.info("checkpoint %s saved in %.2fs", path, self.last_save_s)
         return path
+
+    def _disk_problem(self, state: TrainState, path: Path, mine: str | None, *, removed: bool) -> bool:
+        """Collective: any node's disk problem (no room before the save, or a failed write) on every rank. The
+        partial directory is removed first; then DiskError, or True (skip this save) with
+        ``keep_training_when_disk_full`` and a store."""
+        acc = self.accelerator
+        problems = [p for p in _gather(acc, mine) if p]
+        if not problems:
+            return False
+        if removed and acc.is_local_main_process:
+            shutil.rmtree(path, ignore_errors=True)  # a partial checkpoint only keeps the disk full
+        acc.wait_for_everyone()
+        done = complete_checkpoints(self.root)
+        kept = f"the newest complete checkpoint {done[-1]} is intact" if done else "no earlier checkpoint exists"
+        what = "; ".join(dict.fromkeys(problems)) + ("; the partial directory was removed" if removed else "")
+        if self.settings.keep_training_when_disk_full and self.store is not None:
+            if acc.is_main_process:
+                logger.warning("checkpoint at step %d skipped: %s; training goes on (keep_training_when_disk_full), "
+                               "%s", state.global_step, what, kept)
+            return True
+        raise DiskError(f"checkpoint at step {state.global_step}: {what}; the run stops here and {kept}. Free "
+                        "space or lower save_total_limit, then continue with --resume_from_checkpoint auto")
 
     def _agree_on_publishing(self) -> tuple[set[str], str]:
         """Collective: the checkpoints still uploading on any node (no node rotates them away: on a shared
@@ -150,14 +207,26 @@ class Checkpointer:
         """A node's local main process, once ``path`` is complete: rotate local checkpoints and queue the upload
         of this node's part, after which the node of rank 0 writes the manifest and rotates the store on its
         uploader's thread (training never waits for the uploads or the deletions)."""
-        self._rotate_local(protected or set())
+        self._protected = protected or set()
+        self._rotate_local(self._protected)
         if self.uploader is None or self.store is None:
             return
         part = PartUpload(self.store, path, f"{self.store_prefix}/{path.name}", self.layout,
                           save_id=save_id or uuid.uuid4().hex,
                           metadata={"global_step": state.global_step, "epoch": state.epoch},
-                          wait_s=self.uploader.deadline_s, stop=self.uploader.stopping)
-        self.uploader.submit_work(path, part.uri, part, then=self._rotate_store if self.layout.first == 0 else None)
+                          wait_s=self.uploader.deadline_s, stop=self.uploader.stopping,
+                          superseded=self.uploader.has_later_work,
+                          superseded_wait_s=self.uploader.superseded_wait_s)
+        self.uploader.submit_work(path, part.uri, part, then=lambda: self._after_upload(path.name))
+
+    def _after_upload(self, published: str) -> None:
+        """On the uploader's thread, once a part is published: the store's rotation (rank 0's node), and the local
+        one again, since the checkpoint kept while it uploaded may go now (else the disk keeps one more than
+        save_total_limit until the next save, and for good after the last one). A save in progress has no
+        COMPLETE marker yet and is newer than every complete one, so neither rotation touches it."""
+        if self.layout.first == 0:
+            self._rotate_store(published)
+        self._rotate_local(self._protected)
 
     def _pending_names(self, names: list[str]) -> set[str]:
         """Which of these checkpoints still wait for their upload."""
@@ -178,10 +247,15 @@ class Checkpointer:
         for name in crash_leftovers(incomplete, done[-1] if done else None):
             shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def _rotate_store(self) -> None:
-        """On the uploader's thread, after a checkpoint's manifest landed: delete older ones beyond the limit."""
+    def _rotate_store(self, published: str) -> None:
+        """On the uploader's thread, after the manifest of ``published`` landed: delete the older checkpoints
+        beyond the limit, and what interrupted uploads of older ones left without a manifest."""
         limit = self.settings.save_total_limit
-        if self.store is None or limit is None:
+        if self.store is None:
+            return
+        # This node's queue holds only newer checkpoints (it uploads in save order): none of them is touched.
+        collect_unpublished(self.store, self.store_prefix, published)
+        if limit is None:
             return
         names = self.store.list_complete(self.store_prefix)
         protected = self._pending_names(names)
@@ -207,9 +281,26 @@ class Checkpointer:
         if spec is None:
             return None
         acc = self.accelerator
+        if acc.is_local_main_process:
+            self.remove_partial(keep=None if spec == "auto" or "://" in spec else Path(spec))
+        acc.wait_for_everyone()
         found = self.resume_finder().find(spec, gather=lambda value: _gather(acc, value),
                                           decide=lambda fn: on_rank_zero(acc, fn), local_main=acc.is_local_main_process)
         return self.remember_resume(found)
+
+    def remove_partial(self, keep: Path | None = None) -> list[str]:
+        """Delete this node's checkpoint directories that never got their COMPLETE marker: an earlier run died
+        while saving them (a full disk, a crash). Resume never picks them, and they keep the disk full. ``keep``:
+        a directory the user named (resume then says why it cannot be used instead of it vanishing)."""
+        removed = []
+        for path in sorted(self.root.glob("step_*")):
+            if keep is not None and path.resolve() == keep.resolve():
+                continue
+            if path.is_dir() and not (path / COMPLETE).exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+                logger.warning("removed the partial checkpoint %s left by an earlier run", path)
+        return removed
 
     def resume_finder(self) -> ResumeFinder:
         """This node's part in choosing the checkpoint, for callers with collectives of their own."""

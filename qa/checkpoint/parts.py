@@ -21,7 +21,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 from qa.checkpoint.manifest import files_to_upload, validate_manifest
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState
 from qa.checkpoint.store import CorruptObjectError, MiB, StorageError, Store
+from qa.checkpoint.uploader import SupersededError
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +144,18 @@ class PartUpload:
 
     def __init__(self, store: Store, local_dir: str | Path, key_prefix: str, layout: NodeLayout, *, save_id: str,
                  metadata: Mapping[str, Any] | None, wait_s: float, stop: threading.Event,
-                 poll_s: float = 0.2) -> None:
+                 poll_s: float = 0.2, superseded: Callable[[], bool] | None = None,
+                 superseded_wait_s: float = 30.0) -> None:
         self.store, self.local_dir, self.key_prefix, self.layout = store, Path(local_dir), key_prefix, layout
         self.save_id, self.metadata = save_id, dict(metadata or {})
         self.wait_s, self.stop, self.poll_s = wait_s, stop, poll_s
+        # A newer checkpoint queued behind this one: a part still missing then waits superseded_wait_s more at
+        # most, not wait_s (s3_upload_timeout), so one part that never comes cannot stall every later checkpoint.
+        self.superseded, self.superseded_wait_s = superseded, superseded_wait_s
         self.uri = store.uri_for(key_prefix)
         self._entries: dict[str, Any] | None = None
         self._wait_until: float | None = None
+        self._superseded = False
 
     def __call__(self) -> None:
         if self._entries is None:
@@ -198,7 +204,13 @@ class PartUpload:
             missing = [r for r in range(self.layout.world_size) if r not in covered]
             if not missing:
                 return entries
+            if not self._superseded and self.superseded is not None and self.superseded():
+                self._superseded = True
+                self._wait_until = min(self._wait_until, time.monotonic() + self.superseded_wait_s)
             left = self._wait_until - time.monotonic()
+            if left <= 0 and self._superseded:
+                raise SupersededError(f"{self.uri}: the parts of rank(s) {missing} did not arrive and a newer "
+                                      "checkpoint is waiting; not writing its manifest")
             if left <= 0:
                 raise StorageError(f"{self.uri}: the parts of rank(s) {missing} did not arrive within "
                                    f"{self.wait_s:.0f}s; not writing its manifest")

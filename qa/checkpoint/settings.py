@@ -18,6 +18,11 @@ class CheckpointSettings:
     resume_from_checkpoint: str | None = key(
         None, "auto (newest local, else the store), a checkpoint directory, or an s3:// URI")
     resume_weights_only: bool = key(False, "Resume model weights only (fresh optimizer, schedule and data order)")
+    # A save that finds too little free space (or fails to write) stops the run with the previous checkpoint
+    # intact; with s3_uri the user may rather skip that checkpoint and keep training (uploads go on, and rotation
+    # may free space for the next save).
+    keep_training_when_disk_full: bool = key(
+        False, "With s3_uri: skip a checkpoint the local disk has no room for and keep training (default: stop)")
 
     def check(self) -> None:
         v = self.save_total_limit

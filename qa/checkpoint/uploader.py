@@ -18,6 +18,11 @@ from qa.checkpoint.store import StorageError, Store, UploadError
 logger = logging.getLogger(__name__)
 
 
+class SupersededError(StorageError):
+    """Work given up because a later upload of the same kind made it pointless (an older checkpoint whose last
+    part never came, once a newer checkpoint waits behind it): logged, neither retried nor a failure."""
+
+
 @dataclass
 class _Job:
     local_dir: Path
@@ -25,6 +30,7 @@ class _Job:
     work: Callable[[], Any]  # one attempt; raises to be retried
     then: Callable[[], None] | None = None
     attempts: int = field(default=0)
+    superseded: bool = field(default=False)
 
 
 class BackgroundUploader:
@@ -43,8 +49,11 @@ class BackgroundUploader:
         max_attempts: int | None = None,
         base_delay_s: float = 1.0,
         max_delay_s: float = 60.0,
+        superseded_wait_s: float = 30.0,
     ) -> None:
         self.store = store
+        # How long work that waits on other nodes goes on waiting once later work is queued behind it.
+        self.superseded_wait_s = superseded_wait_s
         self.deadline_s = deadline_s
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
@@ -89,6 +98,11 @@ class BackgroundUploader:
         """URIs queued or in progress (the first one), oldest first."""
         with self._cond:
             return [j.uri for j in self._queue]
+
+    def has_later_work(self) -> bool:
+        """Whether anything is queued behind the upload in progress (for the work in progress to ask)."""
+        with self._cond:
+            return len(self._queue) > 1
 
     def failed(self) -> list[str]:
         """URIs whose upload was given up on."""
@@ -136,7 +150,8 @@ class BackgroundUploader:
                 self._after(job)
             with self._cond:
                 self._queue.popleft()
-                (self._done if ok else self._failed).append(job.uri)
+                if not job.superseded:
+                    (self._done if ok else self._failed).append(job.uri)
                 self._cond.notify_all()
 
     def _after(self, job: _Job) -> None:
@@ -153,6 +168,10 @@ class BackgroundUploader:
             try:
                 job.work()
                 return True
+            except SupersededError as e:
+                logger.warning("gave up on %s: %s", job.uri, e)
+                job.superseded = True
+                return False
             except Exception as e:  # never let a storage problem escape into training
                 error = str(e) if isinstance(e, StorageError) else self.store.redact(f"{type(e).__name__}: {e}")
                 if not job.local_dir.is_dir():

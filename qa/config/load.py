@@ -12,7 +12,8 @@ Written by hand on top of it, because it does not do these:
   builds the dataclass from the YAML unchecked and cannot be combined with overrides; here every YAML value goes
   through the argparse type function of its key (so YAML and ``--key value`` accept the same things) and
   seeds the namespace that argparse then overrides.
-- Unknown keys get a difflib "did you mean", and argparse's own errors (usage + SystemExit(2)) become
+- Unknown keys, all of them at once, get a difflib "did you mean" or, for flags of HF's run_qa scripts, what to
+  do instead (qa/config/foreign_flags.py), and argparse's own errors (usage + SystemExit(2)) become
   ``ConfigError`` (train.py prints one line and exits 2); ``--help`` still exits 0.
 - ``null``/``none`` for Optional keys (HfArgumentParser types ``int | None`` as plain ``int``), quoted values as
   literal strings (``--mixed_precision "'no'"``), and ``checkpointing_steps: int | "epoch" | None`` (it refuses
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import difflib
 import functools
 import os
 import re
@@ -39,6 +39,7 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
+from qa.config.foreign_flags import unknown_keys_message
 from qa.config.sections import SECTIONS, Config, make_config
 from qa.errors import ConfigError
 
@@ -217,10 +218,8 @@ def _split_commas(items: list[Any]) -> list[Any]:
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
-def _unknown(key: str, where: str, keys: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, keys, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else "; see train.py --help for the keys"
-    return ConfigError(f"{where}unknown key {key!r}{hint}")
+def _unknown(unknown: Sequence[str], where: str, keys: Sequence[str]) -> ConfigError:
+    return ConfigError(f"{where}{unknown_keys_message(unknown, keys)}")
 
 
 def resolve_repo_path(value: str | None, near: Path | None = None) -> str | None:
@@ -258,14 +257,20 @@ def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _convert_mapping(parser: ConfigParser, values: Mapping[Any, Any], source: str) -> dict[str, Any]:
-    """YAML-ish key: value pairs -> typed values; every error names ``source`` and the key."""
+def _convert_mapping(parser: ConfigParser, values: Mapping[Any, Any], source: str,
+                     unknown: list[str] | None = None) -> dict[str, Any]:
+    """YAML-ish key: value pairs -> typed values; every error names ``source`` and the key. Unknown keys are
+    appended to ``unknown`` when given (the caller reports them with the command line's), else raised together."""
     keys = [*_FIELDS, "with_tracking"]
     out: dict[str, Any] = {}
+    strays = [str(k) for k in values if str(k) not in keys]
+    if strays and unknown is None:
+        raise _unknown(strays, f"{source}: ", keys)
     for raw_key, value in values.items():
         key = str(raw_key)
         if key not in keys:
-            raise _unknown(key, f"{source}: ", keys)
+            unknown.append(key)  # type: ignore[union-attr]  # None raised above
+            continue
         try:
             out[key] = parser.yaml_value(key, value)
         except argparse.ArgumentTypeError as e:
@@ -275,6 +280,24 @@ def _convert_mapping(parser: ConfigParser, values: Mapping[Any, Any], source: st
         if out.setdefault("report_to", report_to) != report_to:
             raise ConfigError(f"{source}: with_tracking and report_to: {out['report_to']} disagree; set one of them")
     return out
+
+
+def _refuse_unknown(extras: Sequence[str], in_yaml: Sequence[str], yaml_path: str) -> None:
+    """Every unknown key of the YAML file and the command line in one ConfigError."""
+    flags: list[str] = []
+    for i, tok in enumerate(extras):
+        if tok.startswith("-"):
+            flags.append(tok.lstrip("-").split("=", 1)[0].replace("-", "_"))
+        elif i == 0 or not extras[i - 1].startswith("-") or "=" in extras[i - 1]:
+            raise ConfigError(f"unexpected argument {tok!r}; use --key value")
+        # else: the value of the unknown flag before it (--hub_model_id me/model)
+    keys = [*_FIELDS, "config", "with_tracking"]
+    if in_yaml and flags:
+        raise ConfigError(f"{yaml_path} and command line: {unknown_keys_message([*in_yaml, *flags], keys)}")
+    if in_yaml:
+        raise _unknown(in_yaml, f"{yaml_path}: ", keys)
+    if flags:
+        raise _unknown(flags, "command line: ", keys)
 
 
 def _read_yaml(path: str) -> dict[Any, Any]:
@@ -301,17 +324,14 @@ def load_config(argv: Sequence[str] | None = None) -> Config:
         raise ConfigError(f"--config given {len(paths)} times ({', '.join(paths)}); give one file and override "
                           "its keys with --key value")
     namespace = argparse.Namespace()
+    in_yaml: list[str] = []
     if paths:
-        values = _convert_mapping(parser, _read_yaml(paths[0]), paths[0])
+        values = _convert_mapping(parser, _read_yaml(paths[0]), paths[0], in_yaml)
         if "deepspeed" in values:
             values["deepspeed"] = resolve_repo_path(values["deepspeed"], near=Path(paths[0]))
         namespace = argparse.Namespace(**values)  # argparse keeps these unless the command line sets the key
     namespace, extras = parser.parse_known_args(argv, namespace=namespace)
-    for tok in extras:
-        if tok.startswith("-"):
-            raise _unknown(tok.lstrip("-").split("=", 1)[0].replace("-", "_"), "command line: ",
-                           [*_FIELDS, "config", "with_tracking"])
-        raise ConfigError(f"unexpected argument {tok!r}; use --key value")
+    _refuse_unknown(extras, in_yaml, paths[0] if paths else "")
     values = {name: getattr(namespace, name) for name in _FIELDS}
     values["wandb_tags"] = _split_commas(values["wandb_tags"])
     values["deepspeed"] = resolve_repo_path(values["deepspeed"])

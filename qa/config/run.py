@@ -16,7 +16,7 @@ class RunSettings:
     output_dir: str = key("outputs/run", "Where checkpoints, metrics and the model go")
     # A fresh run refuses an output_dir holding another run's checkpoints or final model (qa/checkpoint/output_dir.py).
     overwrite_output_dir: bool = key(
-        False, "Start fresh in an output_dir that holds another run: that run is moved aside to "
+        False, "Start fresh in an output_dir that holds a run: the old one is moved aside to "
                "<output_dir>.old-<UTC time> (nothing is deleted)")
     run_name: str | None = key(None, "Run name; null: output_dir's last part")
     seed: int = key(42, "Random seed")

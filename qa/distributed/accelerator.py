@@ -20,6 +20,7 @@ from accelerate.utils import (
 )
 
 from qa.data.settings import BatchSettings
+from qa.distributed.precision import machine_precision
 from qa.distributed.settings import DistributedSettings
 from qa.errors import ConfigError
 from qa.model.optim import warmup_steps
@@ -29,13 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_precision(mixed_precision: str, cuda: bool | None = None) -> str:
-    """``mixed_precision`` as this machine runs it: auto is fp16 on a GPU, no on CPU."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if mixed_precision == "auto":
-        return "fp16" if cuda else "no"
-    if mixed_precision == "fp16" and not cuda:
-        raise ConfigError("mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    return mixed_precision
+    """``mixed_precision`` as this machine runs it (see :mod:`qa.distributed.precision`)."""
+    return machine_precision(mixed_precision, cuda).precision
 
 
 def load_deepspeed_config(dist: DistributedSettings, optimizer: OptimizerSettings, batch: BatchSettings, *,

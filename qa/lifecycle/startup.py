@@ -9,7 +9,8 @@
   ``<sys.prefix>/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` says otherwise. Torch's default,
   ``~/.cache/torch_extensions/py311_cpu``, is shared by every environment of the user, so another venv's torch
   or DeepSpeed version would make each one rebuild (minutes) or load a stale op;
-* third-party warnings known to repeat on every call are shown once per process (:data:`ONCE`).
+* third-party warnings known to repeat on every call are shown once per process (:data:`ONCE`);
+* each rank gets its share of the CPU cores as ``OMP_NUM_THREADS`` unless the user set it (:mod:`qa.lifecycle.threads`).
 
 :func:`mark` and :func:`first_step` time the start-up: the first optimizer step logs
 ``first step after 12.3s (launcher 2.9, imports 4.1, setup 1.6, data 0.6, model 2.5, step 0.6)``, measured from
@@ -30,7 +31,9 @@ from types import FrameType
 from typing import TextIO
 
 from qa.errors import EXIT_INTERRUPTED
+from qa.lifecycle.build_locks import sweep_build_locks
 from qa.lifecycle.ops import extensions_dir
+from qa.lifecycle.threads import ThreadChoice, set_threads
 from qa.lifecycle.watchdog import launched_by_launcher, watch_launcher
 
 logger = logging.getLogger("qa")
@@ -48,6 +51,7 @@ _shown: set[tuple[str, type[Warning]]] = set()
 
 _marks: list[tuple[str, float]] = []
 _reported = False
+threads: ThreadChoice | None = None  # what prepare_process decided, for the start-up line
 
 
 def _interrupted_early(signum: int, frame: FrameType | None) -> None:
@@ -81,7 +85,10 @@ def prepare_process() -> None:
         signal.signal(signal.SIGINT, _interrupted_early)
     if not os.environ.get("TORCH_EXTENSIONS_DIR"):  # unset or empty (torch would build into the cwd)
         os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
+    sweep_build_locks(extensions_dir())  # else a lock left by a killed process hangs this launch for ever
     quiet_repeated_warnings()
+    global threads
+    threads = set_threads(os.environ, launched_by_launcher(os.environ))
     own = _create_time(os.getpid()) or time.time()
     _marks.clear()
     if launched_by_launcher(os.environ):
@@ -123,3 +130,12 @@ def format_timeline(marks: list[tuple[str, float]]) -> str:
         return ""
     parts = [f"{phase} {t - prev:.1f}" for (phase, t), (_, prev) in zip(rest, marks, strict=False)]
     return f"first step after {rest[-1][1] - t0:.1f}s ({', '.join(parts)})"
+
+
+def speaks_for_node() -> bool:
+    """Whether this process reports a user error: alone, or the first rank of its node under a launcher.
+
+    Every rank parses the same config and files, so N ranks would print N copies of one line. Each node's first
+    rank (not only global rank 0) speaks, so a node that lacks a file another has still says so.
+    """
+    return os.environ.get("LOCAL_RANK", "0") == "0"

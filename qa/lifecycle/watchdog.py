@@ -27,9 +27,19 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_S = 1.0
+
+
+def parent_argv(pid: int | None = None) -> list[str] | None:
+    """The parent process's command line, or None where /proc cannot tell."""
+    try:
+        raw = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def launched_by_launcher(env: Mapping[str, str]) -> bool:

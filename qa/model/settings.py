@@ -28,6 +28,11 @@ class ModelSettings:
     tokenizer_name: str | None = key(None, "Tokenizer id or directory, if not the model's own")
     attn_implementation: str | None = key("sdpa", "Attention kernel passed to from_pretrained (sdpa, eager, ...)")
     torch_compile: bool = key(False, "torch.compile the model")
+    dropout: float | None = key(
+        None, "Hidden and attention dropout of the encoder (0 turns it off); null keeps the model's own")
+
+    def check(self) -> None:
+        need(self.dropout is None or 0 <= self.dropout < 1, "dropout", f"must be in [0, 1) or null, got {self.dropout}")
 
     @property
     def tokenizer_source(self) -> str:

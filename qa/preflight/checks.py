@@ -173,16 +173,17 @@ def _gathers_16bit_weights(ds: dict[str, Any], env: dict[str, str] | os._Environ
 
 def check_plan(cfg: Config, world_size: int, cuda: bool) -> list[str]:
     """Raise ConfigError (saying what to change) for an inconsistent launch; return warnings otherwise."""
-    from qa.distributed.accelerator import load_deepspeed_config, resolve_precision, zero_stage
+    from qa.distributed.accelerator import load_deepspeed_config, zero_stage
+    from qa.distributed.precision import machine_precision
 
     env = os.environ
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
-    precision = resolve_precision(cfg.distributed.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
+    choice = machine_precision(cfg.distributed.mixed_precision, cuda)  # fp16 on a CPU-only launch raises here
+    precision = choice.precision
     _check_total_batch(cfg, world_size)
     _check_launcher_env(cfg, env)
-    warnings: list[str] = []
-
+    warnings: list[str] = [choice.warning] if choice.warning else []
     # batch, precision, clipping
     ds = load_deepspeed_config(cfg.distributed, cfg.optimizer, cfg.batch, world_size=world_size, precision=precision)
     if ds is not None:
@@ -246,8 +247,9 @@ def check_launch(cfg: Config) -> None:
 
     import torch
 
+    from qa.lifecycle.watchdog import parent_argv
     from qa.preflight.limits import check_sequence_length
-    from qa.preflight.process_count import check_process_count, parent_argv
+    from qa.preflight.process_count import check_process_count
 
     check_process_count(cfg, os.environ, sys.argv, parent_argv())  # the simple launcher's one process
     check_sequence_length(cfg)  # windows that fit the model's positions and the tokenizer

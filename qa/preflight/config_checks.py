@@ -34,6 +34,8 @@ def check_config(cfg: Config, *, check_files: bool = True) -> None:
     if run.do_predict:
         need(data.test_file is not None, "test_file", "set test_file (SQuAD JSON or JSONL; answers optional) "
              "to predict")
+    need(not cfg.checkpoint.keep_training_when_disk_full or cfg.storage.s3_uri is not None,
+         "keep_training_when_disk_full", "needs s3_uri (without a store the local checkpoints are the only copies)")
     r = cfg.checkpoint.resume_from_checkpoint
     need(r is None or run.do_train, "resume_from_checkpoint",
          "only for training; to evaluate a run, pass its exported model (model_name_or_path: OUTPUT_DIR/final) "
@@ -43,9 +45,17 @@ def check_config(cfg: Config, *, check_files: bool = True) -> None:
                                 ("validation_file", data.validation_file, run.do_eval),
                                 ("test_file", data.test_file, run.do_predict),
                                 ("deepspeed", cfg.distributed.deepspeed, True)):
-            need(not used or path is None or Path(path).is_file(), key, f"file not found: {path}")
+            need(not used or path is None or Path(path).is_file(), key, f"file not found: {path}{_where(path, key)}")
         need(r is None or r == "auto" or is_store_uri(r) or Path(r).is_dir(), "resume_from_checkpoint",
-             f"directory not found: {r}")
+             f"directory not found: {r}{_where(r or '', 'resume_from_checkpoint')}")
+
+
+def _where(path: str, key: str) -> str:
+    """Where a relative path was looked for, for the not-found message."""
+    if Path(path).is_absolute():
+        return ""
+    also = ", then the config file's directory and those above it, then the repository" if key == "deepspeed" else ""
+    return f" (relative paths are read from {Path.cwd()}{also})"
 
 
 def output_dir_use(cfg: Config) -> OutputDirUse:

@@ -12,10 +12,8 @@ launcher's own command line (``/proc/<parent>/cmdline`` on Linux) says how many 
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from qa.config import Config
 from qa.errors import ConfigError
@@ -30,15 +28,6 @@ def _option(argv: Sequence[str], name: str) -> str | None:
         if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     return None
-
-
-def parent_argv(pid: int | None = None) -> list[str] | None:
-    """The parent process's command line, or None where /proc cannot tell."""
-    try:
-        raw = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def requested_processes(env: Mapping[str, str], launcher_argv: Sequence[str] | None) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from qa.config import Config
@@ -65,6 +66,7 @@ class _Facts:
     world_size: int
     cuda: bool
     precision: str
+    precision_reason: str
     ds: dict[str, Any] | None
     stage: int
     off_opt: str
@@ -90,16 +92,17 @@ def describe_plan(cfg: Config, *, world_size: int | None = None, cuda: bool | No
         return ""
     import torch
 
-    from qa.distributed.accelerator import load_deepspeed_config, resolve_precision, zero_stage
+    from qa.distributed.accelerator import load_deepspeed_config, zero_stage
+    from qa.distributed.precision import machine_precision
 
     world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    precision = resolve_precision(cfg.distributed.mixed_precision, cuda)
-
+    choice = machine_precision(cfg.distributed.mixed_precision, cuda)
+    precision = choice.precision
     ds = load_deepspeed_config(cfg.distributed, cfg.optimizer, cfg.batch, world_size=world_size, precision=precision)
     off_opt, off_param = _offload(ds)
     num_params, model_class = count_parameters(cfg)
-    f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, ds=ds, stage=zero_stage(ds),
+    f = _Facts(cfg=cfg, world_size=world_size, cuda=cuda, precision=precision, precision_reason=choice.reason, ds=ds, stage=zero_stage(ds),
                off_opt=off_opt, off_param=off_param, num_params=num_params, model_class=model_class,
                counts=count_data(cfg), run_name=cfg.run.resolved_run_name, warnings=check_plan(cfg, world_size, cuda))
     lines = _Lines([f"Dry run for run '{f.run_name}': nothing is trained, no weights are loaded, nothing is "
@@ -124,9 +127,8 @@ def _launch(f: _Facts, lines: _Lines) -> None:
     lines.row("world size", f"{world_size} process(es)" + (" (WORLD_SIZE)" if where else
                                                       " (WORLD_SIZE unset; set it to plan another launch)"))
     lines.row("device", "CUDA GPUs (NCCL)" if cuda else "CPU (gloo)")
-    prec_note = ""
-    if cfg.distributed.mixed_precision == "auto":
-        prec_note = " (mixed_precision: auto" + ("" if cuda else "; fp16 when launched on GPUs") + ")"
+    prec_note = f" ({f.precision_reason}" + ("; fp16 when launched on GPUs" if cfg.distributed.mixed_precision == "auto"
+                                             and not cuda else "") + ")"
     lines.row("precision", {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}[precision]
         + prec_note)
     if ds is None:
@@ -264,6 +266,8 @@ def _outputs(f: _Facts, lines: _Lines) -> None:
     lines.row("output_dir", f"{cfg.run.output_dir} (run_config.yaml, metrics.jsonl on rank 0's node; each node's "
               "checkpoint files on its own; multi-node without s3_uri: a filesystem all nodes share)")
     lines.row("checkpoints", f"{cfg.run.output_dir}/checkpoints/step_NNNNNNN/")
+    if cfg.run.do_train:  # periodic, preemption and Ctrl-C checkpoints
+        lines.row("checkpoint disk", _disk_line(f))
     if cfg.run.do_train:
         lines.row("final model", f"{cfg.run.output_dir}/final/ (save_pretrained + tokenizer)")
     if cfg.storage.s3_uri:
@@ -277,6 +281,27 @@ def _outputs(f: _Facts, lines: _Lines) -> None:
                    f"{cfg.tracking.wandb_group or run_name}, run {run_name}; {_wandb_mode(os.environ)}")
     else:
         lines.row("W&B", "off (report_to: none); console and metrics.jsonl only")
+
+
+def _disk_line(f: _Facts) -> str:
+    """One checkpoint's estimated size x the checkpoints kept, against the free space where they go."""
+    from qa.checkpoint.disk import estimate_checkpoint_bytes, free_bytes
+
+    cfg = f.cfg
+    out = Path(cfg.run.output_dir) / "checkpoints"
+    free = free_bytes(out)
+    if f.num_params is None:
+        return f"size unknown (needs the model config); {format_bytes(free)} free in {out}"
+    one = estimate_checkpoint_bytes(f.num_params, deepspeed=f.ds is not None,
+                                    mixed_precision=f.precision in ("fp16", "bf16"), export=cfg.checkpoint.export_every_checkpoint)
+    # One more than the limit exists for a moment: the newest is written before the oldest is rotated away.
+    kept = (cfg.checkpoint.save_total_limit + 1) if cfg.checkpoint.save_total_limit is not None else None
+    need = f"{format_bytes(one)} each x {kept} (save_total_limit + 1 while saving) = {format_bytes(one * kept)}" \
+        if kept is not None else f"{format_bytes(one)} each, all kept (save_total_limit: null)"
+    if kept is not None and one * kept > free:
+        f.warnings.append(f"checkpoints need about {format_bytes(one * kept)} in {out}, only {format_bytes(free)} "
+                          "is free: lower save_total_limit or free space")
+    return f"~{need}; {format_bytes(free)} free in {out}"
 
 
 def _eval_line(cfg: Config, sched: Schedule | None) -> str:
@@ -307,6 +332,10 @@ def _checkpoint_line(cfg: Config, sched: Schedule | None) -> str:
     elif c == "epoch":
         steps = _steps(sched.epoch_ends()) if sched else "unknown"
         what = f"at the end of each epoch (steps {steps})"
+        if sched and sched.total_steps not in sched.epoch_ends():
+            shorter = " (shorter than one epoch)" if not sched.epoch_ends() else ""
+            what += (f"; max_train_steps ends the run at step {sched.total_steps:,}{shorter}, inside an epoch of "
+                     f"{sched.steps_per_epoch:,} steps: saved there too")
     else:
         what = f"every {c} steps (steps {_steps(_every(sched.total_steps, c)) if sched else 'unknown'})"
     keep = "all kept" if cfg.checkpoint.save_total_limit is None else f"newest {cfg.checkpoint.save_total_limit} kept"

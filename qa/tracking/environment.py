@@ -44,6 +44,13 @@ def _package_version(dist: str) -> str | None:
         return None
 
 
+def _cpu() -> str:
+    """``AMD EPYC, AVX2``: the CPU model and the SIMD level torch's kernels use (speed figures depend on both)."""
+    from qa.distributed.precision import cpu_capabilities, describe_cpu
+
+    return describe_cpu(cpu_capabilities())
+
+
 def collect_environment(accelerator: Accelerator, repo_dir: str | os.PathLike[str] | None = None) -> dict:
     """World size, device model, library versions and git commit, for the run's config."""
     import torch
@@ -58,6 +65,8 @@ def collect_environment(accelerator: Accelerator, repo_dir: str | os.PathLike[st
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": str(accelerator.mixed_precision),
         "gpu": gpu,
+        "cpu": _cpu(),
+        "torch_threads": torch.get_num_threads(),
         "local_gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "python": platform.python_version(),
         "hostname": platform.node(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import string
 import time
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qa.files import atomic_write_text
 from qa.tracking.console import format_console_line
 from qa.tracking.environment import collect_environment
 from qa.tracking.redaction import describe_error, redact
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
+RUN_ID_FILENAME = "tracker_run_id"  # beside metrics.jsonl: the run id of this output_dir's run
 REPORT_TO_CHOICES = ("wandb", "none")
 
 
@@ -46,6 +49,15 @@ def log_with_for(report_to: str | None) -> str | None:
     if choice not in REPORT_TO_CHOICES:
         raise ValueError(f"report_to must be one of {REPORT_TO_CHOICES}, got {report_to!r}")
     return "wandb" if choice == "wandb" else None
+
+
+def _earlier_run_id(output_dir: Path) -> str | None:
+    """The run id an earlier attempt in ``output_dir`` used, if it left one."""
+    try:
+        text = (output_dir / RUN_ID_FILENAME).read_text().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[a-z0-9]{8}", text) else None
 
 
 def new_run_id() -> str:
@@ -91,12 +103,13 @@ class Tracker:
     @classmethod
     def from_settings(cls, accelerator: Accelerator, settings: TrackingSettings, *, output_dir: str,
                       run_name: str, group: str, config: Mapping[str, Any] | None = None,
-                      resume_run_id: str | None = None, console: Callable[[str], None] | None = None) -> Tracker:
+                      resume_run_id: str | None = None, console: Callable[[str], None] | None = None,
+                      facts: Mapping[str, Any] | None = None) -> Tracker:
         """Collective: every rank calls it. The tracker of the run config's tracking section."""
         return cls(accelerator, output_dir=output_dir, report_to=settings.report_to,
                    project=settings.wandb_project, entity=settings.wandb_entity, run_name=run_name,
                    tags=settings.wandb_tags, group=group, config=config, resume_run_id=resume_run_id,
-                   console=console)
+                   console=console, facts=facts)
 
     def __init__(
         self,
@@ -112,13 +125,18 @@ class Tracker:
         config: Mapping[str, Any] | None = None,
         resume_run_id: str | None = None,
         console: Callable[[str], None] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
         """Collective: every rank calls it (they agree on the run id)."""
         use_wandb = log_with_for(report_to) == "wandb"
         self._accelerator = accelerator
         self._is_main = bool(accelerator.is_main_process)
         self._console = console or _print_line
-        self.run_id: str = self._agree_on_run_id(resume_run_id or new_run_id())
+        # A run that restarts before any checkpoint (a crash, a kill, a preemption before the first save) starts
+        # its training afresh but in the same output_dir: it continues the same W&B run, not a second one.
+        earlier = _earlier_run_id(Path(output_dir)) if self._is_main and resume_run_id is None else None
+        self.run_id: str = self._agree_on_run_id(resume_run_id or earlier or new_run_id())
+        continues = resume_run_id is not None or self.run_id == earlier
         self.mode: str | None = None
         self.metrics_path: Path | None = None
         self.environment: dict[str, Any] = {}
@@ -131,11 +149,13 @@ class Tracker:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out / METRICS_FILENAME
+        atomic_write_text(out / RUN_ID_FILENAME, self.run_id + "\n")
         try:
             self.environment = redact(collect_environment(accelerator))
         except Exception as exc:  # a probe failing (odd driver, broken git) must not stop training
             logger.warning("could not collect the run environment: %s", describe_error(exc))
             self.environment = {"error": describe_error(exc)}
+        self.environment.update(facts or {})  # what the run decided from the machine (precision, threads) and why
         # redact() also turns a config dataclass into a dict.
         base = redact(config) if config is not None else {}
         if not isinstance(base, dict):
@@ -152,7 +172,7 @@ class Tracker:
             self._sink = WandbSink(
                 accelerator, run_id=self.run_id, config=full_config, metrics_path=self.metrics_path,
                 project=project, entity=entity, run_name=run_name, tags=tags, group=group,
-                resume=resume_run_id is not None,
+                resume=continues,
             )
             self.mode = self._sink.mode
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from qa.checkpoint.state import step_name
 from qa.config import Config
+from qa.errors import UserError
 from qa.lifecycle import startup
 from qa.lifecycle.preemption import write_marker
 from qa.model.loss import padding_invariant_qa_loss
@@ -85,6 +86,7 @@ class Trainer:
         peak = gpu_peak_tflops(torch.cuda.get_device_name(), dtype) if torch.cuda.is_available() else None
         bar = tqdm(total=plan.total_steps, initial=st.global_step, desc="train",
                    disable=not acc.is_local_main_process)
+        self._bar = bar
         self._t_start, self._train_time_before = time.perf_counter(), st.train_time_s
         while st.epoch < plan.num_epochs and st.global_step < plan.total_steps:
             self.model.train_loader.set_epoch(st.epoch)
@@ -139,6 +141,10 @@ class Trainer:
                     self.save_checkpoint()
                 if EVAL in at_end:
                     self.evaluate()
+        if schedule.checkpointing_steps == "epoch" and self.session.checkpointer.last_saved_step != st.global_step:
+            # max_train_steps ended the run inside an epoch (a run shorter than one epoch would keep nothing).
+            st.train_time_s = self._elapsed()
+            self.save_checkpoint()
         bar.close()
         st.train_time_s = self._elapsed()
         return COMPLETED
@@ -154,7 +160,14 @@ class Trainer:
             def export(dest: Path) -> None:
                 export_model(self.session.accelerator, self.model.module, self.data.tokenizer, dest)
         ckpt = self.session.checkpointer
-        path = ckpt.save(self.session.state, export=export)
+        try:
+            path = ckpt.save(self.session.state, export=export)
+        except UserError:
+            if getattr(self, "_bar", None) is not None:
+                self._bar.close()  # the one-line error must start its own line, not follow the bar's
+            raise
+        if path is None:  # no room on disk, skipped (keep_training_when_disk_full)
+            return
         uri = ckpt.checkpoint_uri(path.name)
         self.session.tracker.log_checkpoint(step=self.session.state.global_step, uri=uri or str(path))
 

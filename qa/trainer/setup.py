@@ -21,8 +21,9 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from qa.checkpoint.disk import estimate_checkpoint_bytes
 from qa.checkpoint.manager import Checkpointer
-from qa.checkpoint.output_dir import abandon, check_resume_target, claim_output_dir
+from qa.checkpoint.output_dir import abandon, check_resume_target, claim_output_dir, release
 from qa.checkpoint.settings import StorageSettings
 from qa.checkpoint.state import TrainState
 from qa.config import Config
@@ -31,13 +32,17 @@ from qa.data import features as qa_features
 from qa.data import formats as qa_formats
 from qa.data.sampler import StepBatchSampler, check_fills_one_step
 from qa.data.settings import DataSettings
-from qa.distributed.accelerator import build_accelerator, load_deepspeed_config, resolve_precision
+from qa.distributed.accelerator import build_accelerator, load_deepspeed_config
+from qa.distributed.precision import machine_precision
 from qa.distributed.rank_zero import on_rank_zero
 from qa.errors import ConfigError, UserError
 from qa.eval.evaluator import EvalExamples, EvalFeatures
+from qa.lifecycle import startup
 from qa.lifecycle.preemption import PreemptionHandler, clear_marker
 from qa.model.build import load_model, load_tokenizer
+from qa.model.checks import check_model
 from qa.model.optim import build_optimizer, build_scheduler
+from qa.model.settings import ModelSettings
 from qa.preflight.config_checks import output_dir_use
 from qa.trainer.export import export_model
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
@@ -66,20 +71,49 @@ def _setup_logging(is_main: bool) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
-def start(cfg: Config) -> Session:
-    """Accelerator, input checks, storage, checkpoint to resume from, then the tracker: all before data or model.
+def _threads() -> str:
+    return startup.threads.describe() if startup.threads is not None else "threads as torch chose"
+
+
+def connect(cfg: Config) -> Accelerator:
+    """Accelerator, logging and seed, then the input checks that need no features: the data files and the model
+    and tokenizer (qa.model.checks: config, weight shapes, vocabulary, special tokens; no weights loaded).
+    Nothing is written yet.
 
     Collective: every rank calls it.
     """
-    from qa.tracking.tracker import Tracker, log_with_for
+    from qa.tracking.tracker import log_with_for
 
-    run = cfg.run
-    accelerator = build_accelerator(cfg.distributed, cfg.optimizer, cfg.batch, output_dir=run.output_dir,
+    accelerator = build_accelerator(cfg.distributed, cfg.optimizer, cfg.batch, output_dir=cfg.run.output_dir,
                                     log_with=log_with_for(cfg.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
-    set_seed(run.seed)
-    precision = resolve_precision(cfg.distributed.mixed_precision)
+    set_seed(cfg.run.seed)
+    choice = machine_precision(cfg.distributed.mixed_precision)
+    logger.info("precision: %s; %s", choice.describe(), _threads())  # check_launch warned if it will be slow
     on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
+    on_rank_zero(accelerator, lambda: check_model(cfg.model))  # missing, offline, no tokenizer, wrong vocab
+    return accelerator
+
+
+def planned_steps(cfg: Config, acc: Accelerator, data: Data) -> int | None:
+    """The run's optimizer steps, as build_model will plan them (whole global batches per epoch)."""
+    if data.train is None:
+        return None
+    return cfg.schedule.total_steps(len(data.train) // cfg.batch.global_batch(acc.num_processes))[0]
+
+
+def start(cfg: Config, accelerator: Accelerator, total_steps: int | None = None) -> Session | None:
+    """Output_dir claim, storage, checkpoint to resume from, then the tracker: after every input check
+    (``connect``, ``prepare_data``, ``load_weights``). None: the checkpoint to resume is the end of a finished run
+    (``total_steps`` reached, final/ exported); that is said once and nothing is changed.
+
+    Collective: every rank calls it.
+    """
+    from qa.tracking.tracker import Tracker
+
+    run = cfg.run
+    choice = machine_precision(cfg.distributed.mixed_precision)
+    precision, threads = choice.precision, _threads()
     claim_output_dir(output_dir_use(cfg), accelerator)  # first write: refuse another run's or a live run's dir
     config_yaml = save_config_text(cfg)
     try:
@@ -93,6 +127,13 @@ def start(cfg: Config) -> Session:
         if accelerator.is_main_process:
             abandon(run.output_dir)  # a refused start leaves output_dir as it found it
         raise
+    if saved is not None and already_finished(saved.global_step, total_steps, Path(run.output_dir)):
+        if accelerator.is_main_process:
+            print(f"resume_from_checkpoint: the run in {run.output_dir} already finished at step {saved.global_step} "
+                  f"(final/ is exported); nothing was changed. To train further, raise --max_train_steps or "
+                  "--num_train_epochs", file=sys.stderr, flush=True)
+            release(run.output_dir)  # the lock file stays, as every finished run leaves it
+        return None
     state = TrainState(seed=run.seed, world_size=accelerator.num_processes,
                        data_order=cfg.data_order.key(accelerator.num_processes))
     if saved is not None:
@@ -104,12 +145,19 @@ def start(cfg: Config) -> Session:
         (Path(run.output_dir) / "run_config.yaml").write_text(config_yaml)
     tracker = Tracker.from_settings(
         accelerator, cfg.tracking, output_dir=run.output_dir, run_name=run.resolved_run_name,
-        group=cfg.wandb_group, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
+        group=cfg.tracking.wandb_group, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
+        facts={"precision": {"chosen": choice.name, "reason": choice.reason}, "threads_per_rank": threads},
     )
     state.tracker_run_id = tracker.run_id
     return Session(accelerator=accelerator, precision=precision, tracker=tracker, checkpointer=checkpointer,
                    preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)
+
+
+def already_finished(step: int, total_steps: int | None, output_dir: Path) -> bool:
+    """A resume at the run's last step, with final/ there: evaluating and exporting again would only rewrite
+    what the run already wrote. Without final/ (a crash after the last save) the run still has to finish."""
+    return total_steps is not None and step >= total_steps and (output_dir / "final").is_dir()
 
 
 def build_checkpointer(cfg: Config, accelerator: Accelerator | None, store: Store | None = None,
@@ -174,13 +222,14 @@ def _storage(settings: StorageSettings,
     return store, uploader
 
 
-def prepare_data(cfg: Config, session: Session) -> Data:
+def prepare_data(cfg: Config, acc: Accelerator) -> Data:
     """Examples and windows of every split this run uses; built once by the main process (cached), then loaded
-    by the others.
+    by the others. Runs before the output_dir claim: a question longer than the window, or too few windows for one
+    optimizer step, stops the run before anything is written.
 
     Collective: every rank calls it.
     """
-    acc, data, run = session.accelerator, cfg.data, cfg.run
+    data, run = cfg.data, cfg.run
     tokenizer = load_tokenizer(cfg.model)
     train, eval_set, test_set = None, None, None
     with acc.main_process_first():
@@ -199,6 +248,8 @@ def prepare_data(cfg: Config, session: Session) -> Data:
             test_set = _eval_set(data, tokenizer, "test", is_main=acc.is_main_process)
     if train is not None:
         logger.info("train: %d features", len(train))
+        check_fills_one_step(len(train), cfg.batch.per_device_train_batch_size, acc.num_processes,
+                             cfg.batch.gradient_accumulation_steps)
     for name, es in (("eval", eval_set), ("test", test_set)):
         if es is not None:
             logger.info("%s: %d examples (%s), %d windows", name, len(es.examples.ids),
@@ -231,14 +282,25 @@ def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, split: str
         arrays=EvalFeatures.of_windows(feats, data.max_seq_length) if is_main else None)  # only rank 0 decodes
 
 
-def build_model(cfg: Config, session: Session, data: Data) -> Model:
-    """Model, optimizer, schedule and train loader, prepared together (DeepSpeed needs them at once).
+def load_weights(settings: ModelSettings) -> torch.nn.Module:
+    """from_pretrained, before the output_dir claim: weights that cannot be read (a truncated or corrupt file)
+    are a one-line ConfigError and the run has written nothing. Every rank loads its own copy."""
+    try:
+        return load_model(settings)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model_name_or_path: the weights of {settings.model_name_or_path} cannot be loaded: "
+                          f"{first}") from None
+
+
+def build_model(cfg: Config, session: Session, data: Data, model: torch.nn.Module) -> Model:
+    """Optimizer, schedule and train loader for ``model`` (``load_weights``), prepared together (DeepSpeed
+    needs them at once).
 
     Collective: every rank calls it.
     """
     acc = session.accelerator
     batch = cfg.batch
-    model = load_model(cfg.model)
     accepted = set(inspect.signature(model.forward).parameters)
     # pad_to_multiple_of=8: tensor-core friendly shapes at almost no padding cost.
     collator = DataCollatorWithPadding(data.tokenizer, pad_to_multiple_of=8)
@@ -256,7 +318,6 @@ def build_model(cfg: Config, session: Session, data: Data) -> Model:
     train_names = [k for k in MODEL_INPUTS if k in accepted and k in feats.column_names]
     keep = [c for c in feats.column_names if c in train_names or c.endswith("_positions")]
     micro, accumulation = batch.per_device_train_batch_size, batch.gradient_accumulation_steps
-    check_fills_one_step(len(feats), micro, acc.num_processes, accumulation)
     sampler = StepBatchSampler(np.asarray(feats["length"]), micro, acc.num_processes, accumulation,
                                seed=cfg.run.seed, group_by_length=batch.group_by_length)
     loader = torch.utils.data.DataLoader(
@@ -276,6 +337,10 @@ def build_model(cfg: Config, session: Session, data: Data) -> Model:
             # engine reads this switch when it loads.
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         acc.state.deepspeed_plugin.deepspeed_config.update(ds_config)
+    # The first save's free-space check needs a size before any checkpoint exists (qa.checkpoint.disk).
+    session.checkpointer.expected_bytes = estimate_checkpoint_bytes(
+        sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()), deepspeed=ds_config is not None,
+        mixed_precision=session.precision in ("fp16", "bf16"), export=cfg.checkpoint.export_every_checkpoint)
     optimizer = build_optimizer(cfg.optimizer, model, ds_config)
     scheduler = build_scheduler(cfg.optimizer, optimizer, steps, ds_config)
     if cfg.model.torch_compile:

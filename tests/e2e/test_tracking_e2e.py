@@ -71,6 +71,11 @@ def test_wandb_offline_run_across_crash_and_resume(work: dict[str, Path]) -> Non
     assert "best/f1" in summary and "checkpoint/latest_uri" in summary
     config = config_values(last_recs)
     assert config.get("learning_rate") == 0.003 and "environment" in config
+    # What the run decided from the machine, and why (base_env's OMP_NUM_THREADS=1 is the user's).
+    env = config["environment"]
+    assert env["precision"] == {"chosen": "fp32", "reason": "mixed_precision no"}
+    assert env["threads_per_rank"] == "1 CPU thread per rank (OMP_NUM_THREADS=1 from the user)"
+    assert env["torch_threads"] == 1 and env["cpu"]
     assert "wandb sync" in done.stdout + done.stderr
 
     # No secret in any file we or wandb wrote, nor in the console.

@@ -7,12 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import DEMO_DATA, launch, make_tiny_model, subset_squad
+from fixtures import DEMO_DATA, launch, make_tiny_model, subset_squad, write_squad
+from qa.distributed.precision import machine_precision
 
 pytestmark = pytest.mark.slow
 
 COMMON = ["--max_seq_length", "128", "--doc_stride", "32", "--per_device_eval_batch_size", "8",
           "--report_to", "none", "--mixed_precision", "no", "--dataloader_num_workers", "0", "--logging_steps", "1"]
+
+# Eight questions on one short paragraph: 8 windows, one optimizer step of 2 ranks x 4, so every step sees the same
+# data and the loss of step 6 is comparable with that of step 1 (across different batches it is not: length-grouped
+# batches of longer windows have a higher loss from the start).
+ONE_BATCH_CONTEXT = ("The old mill at Alder was built in 1821 by Mara Quill. It ground barley for the valley until "
+                     "a flood in 1907 broke its wheel. The town bought it in 1950 and made it a museum of bread.")
+ONE_BATCH_QAS = [(f"q{i}", q, a) for i, (q, a) in enumerate([
+    ("When was the mill built?", "1821"), ("Who built the mill?", "Mara Quill"),
+    ("What did the mill grind?", "barley"), ("What broke the wheel?", "a flood"),
+    ("When did the flood come?", "1907"), ("Who bought the mill?", "The town"),
+    ("When was it bought?", "1950"), ("What is the mill now?", "a museum of bread")])]
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +36,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "model_nodrop": make_tiny_model(root / "tiny_nodrop", dropout=0.0),
         "distil": make_tiny_model(root / "tiny_distil", arch="distilbert"),
         "train": subset_squad(DEMO_DATA / "train.json", root / "train.json", 6),
+        "one_batch": write_squad(root / "one_batch.json", [(ONE_BATCH_CONTEXT, ONE_BATCH_QAS)]),
         "dev": subset_squad(DEMO_DATA / "dev.json", root / "dev.json", 2),
         "train_v2": subset_squad(DEMO_DATA / "train_v2.json", root / "train_v2.json", 6),
         "dev_v2": subset_squad(DEMO_DATA / "dev_v2.json", root / "dev_v2.json", 2),
@@ -52,14 +65,16 @@ def _train_losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["train/loss"]) for r in _metrics(out) if "train/loss" in r]
 
 
-@pytest.mark.parametrize("stage, arch", [("zero2", "model"), ("zero3", "distil")])
-def test_zero_runs_train_evaluate_and_export(work: dict[str, Path], stage: str, arch: str) -> None:
+@pytest.mark.parametrize("stage, arch, precision", [("zero2", "model", "bf16"), ("zero3", "distil", "no")])
+def test_zero_runs_train_evaluate_and_export(work: dict[str, Path], stage: str, arch: str, precision: str) -> None:
+    """ZeRO-2 runs in bf16 whatever the CPU (on one without a bf16 unit: slow, with one warning line)."""
     out = work["root"] / f"out_{stage}"
-    launch(["--model_name_or_path", str(work[arch]), "--train_file", str(work["train"]),
-            "--validation_file", str(work["dev"]), "--output_dir", str(out), "--deepspeed",
-            f"configs/deepspeed/{stage}.json", "--per_device_train_batch_size", "4", "--max_train_steps", "6",
-            "--learning_rate", "1e-3", "--checkpointing_steps", "2", "--save_total_limit", "2",
-            "--export_every_checkpoint", "true", *COMMON], tmp=work["root"])
+    train = work["one_batch" if stage == "zero2" else "train"]
+    run = launch(["--model_name_or_path", str(work[arch]), "--train_file", str(train),
+                  "--validation_file", str(work["dev"]), "--output_dir", str(out), "--deepspeed",
+                  f"configs/deepspeed/{stage}.json", "--per_device_train_batch_size", "4", "--max_train_steps", "6",
+                  "--learning_rate", "1e-3", "--checkpointing_steps", "2", "--save_total_limit", "2",
+                  "--export_every_checkpoint", "true", *COMMON, "--mixed_precision", precision], tmp=work["root"])
     # the newest two checkpoints are kept, each complete and with an exported model beside the state
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_0000004", "step_0000006"]
@@ -74,6 +89,16 @@ def test_zero_runs_train_evaluate_and_export(work: dict[str, Path], stage: str, 
     _assert_exported_model_answers(out / "final")
     losses = _train_losses(out)
     assert [s for s, _ in losses] == list(range(1, 7))
+    if stage == "zero2":  # the same 8 windows in every step: it learns, in bf16 too
+        assert losses[-1][1] < losses[0][1] - 0.1 and max(v for _, v in losses[3:]) < losses[0][1], losses
+    # The start-up line says what it chose and why, and how many threads (base_env's OMP_NUM_THREADS=1 is the
+    # user's); bf16 on a CPU without a bf16 unit warns once (rank 0), the same line the dry run shows.
+    name = {"bf16": "bf16 mixed precision (mixed_precision bf16", "no": "fp32 (mixed_precision no"}[precision]
+    assert run.stdout.count(f"precision: {name}") == 1, run.stdout[-3000:]
+    assert "1 CPU thread per rank (OMP_NUM_THREADS=1 from the user)" in run.stdout
+    logs = run.stdout + run.stderr
+    native = machine_precision("auto", cuda=False).precision == "bf16"
+    assert logs.count("torch emulates bf16 matmuls") == (precision == "bf16" and not native)
 
 
 def test_world_size_and_accumulation_equivalence(work: dict[str, Path]) -> None:

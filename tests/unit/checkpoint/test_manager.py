@@ -193,3 +193,19 @@ def test_find_resume_from_a_uri_or_a_path(tmp_path: Path, tree: Tree) -> None:
         find_resume(ckpt, str(elsewhere))
     with pytest.raises(Exception, match="no complete upload"):
         find_resume(ckpt, store.uri_for("other/checkpoints/step_0000009"))
+
+
+def test_with_a_store_local_rotation_ends_at_exactly_the_limit_once_uploads_finish(tmp_path: Path,
+                                                                                   tree: Tree) -> None:
+    store = LocalStore(tmp_path / "store", create=True)
+    gate = threading.Event()
+    with BackgroundUploader(store, max_attempts=1) as uploader:
+        ckpt = build_checkpointer(config(tmp_path), None, store, uploader)
+        uploader.submit(tree(tmp_path / "first"), "gate", then=lambda: gate.wait(60))  # uploads are slow
+        for step in (1, 2, 3, 4):
+            ckpt.publish(local_checkpoint(ckpt, step, tree), TrainState(global_step=step))
+        assert local_names(ckpt) == ["step_0000001", "step_0000002", "step_0000003", "step_0000004"]
+        gate.set()
+        uploader.wait(timeout_s=60)
+        # No further save comes (the run's last checkpoint): the local disk still ends at save_total_limit.
+        assert local_names(ckpt) == ["step_0000003", "step_0000004"]

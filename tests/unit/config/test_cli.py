@@ -232,9 +232,13 @@ def test_deepspeed_path_does_not_depend_on_the_working_directory(tmp_path: Path,
     (tmp_path / "ds" / "mine.json").write_text(ZERO2.read_text())
     assert load_and_check(["--config", str(y)]).distributed.deepspeed == "ds/mine.json"
     # Data paths stay the user's, relative to where they run.
-    with pytest.raises(ConfigError, match=r"^train_file: file not found: data/demo/train.json$"):
+    # A relative path that is not found names the directory it was looked for in.
+    with pytest.raises(ConfigError, match=rf"^train_file: file not found: data/demo/train.json \(relative paths are "
+                                          rf"read from {re.escape(str(Path.cwd()))}\)$"):
         load_and_check(["--config", str(REPO / "configs" / "demo_cpu.yaml")])
-    with pytest.raises(ConfigError, match=r"^deepspeed: file not found: no/such.json$"):
+    with pytest.raises(ConfigError, match=rf"^deepspeed: file not found: no/such.json \(relative paths are read "
+                                          rf"from {re.escape(str(Path.cwd()))}, then the config file's directory "
+                                          r"and those above it, then the repository\)$"):
         load_and_check(_base("--deepspeed", "no/such.json"))
 
 
@@ -281,3 +285,11 @@ def test_save_config_keeps_paths_under_pwd(tmp_path: Path, monkeypatch: pytest.M
     cfg = load_and_check(_base())
     save_config(cfg, tmp_path / "run_config.yaml")
     assert load_and_check(["--config", str(tmp_path / "run_config.yaml")]) == cfg
+
+
+def test_help_says_overwrite_output_dir_moves_the_old_run_aside() -> None:
+    from qa.config.load import ConfigParser
+
+    text = " ".join(ConfigParser().format_help().split())
+    assert re.search(r"--overwrite_output_dir \[BOOL\] Start fresh in an output_dir that holds a run: the old one is "
+                     r"moved aside to <output_dir>\.old-<UTC time> \(nothing is deleted\)", text), text

@@ -76,3 +76,29 @@ def test_flops_and_peaks(tmp_path: Path) -> None:
     assert gpu_peak_tflops("NVIDIA H100 80GB HBM3", "fp16") == 989.4
     assert gpu_peak_tflops("NVIDIA H100 PCIe", "fp32") == 756.5 / 2
     assert gpu_peak_tflops("Some CPU", "fp16") is None
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_dropout_key_turns_the_encoders_dropout_off(tmp_path: Path, arch: str) -> None:
+    """dropout: 0 reaches every dropout of the loaded model (two training-mode forwards agree); null keeps 0.1."""
+    import torch
+
+    from qa.model.build import load_model
+
+    path = make_tiny_model(tmp_path / arch, arch=arch)
+    ids = torch.tensor([[2, 5, 7, 9, 11, 3]])
+
+    def two_forwards(dropout: str) -> tuple[torch.Tensor, torch.Tensor]:
+        model = load_model(_cfg("--model_name_or_path", str(path), "--dropout", dropout).model).train()
+        with torch.no_grad():
+            return model(input_ids=ids).start_logits, model(input_ids=ids).start_logits
+
+    a, b = two_forwards("0")
+    assert torch.equal(a, b)
+    a, b = two_forwards("null")
+    assert not torch.equal(a, b)  # the fixture's 0.1 dropout, untouched
+
+
+def test_dropout_out_of_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^dropout: must be in \[0, 1\) or null, got 1.0$"):
+        _cfg("--dropout", "1")

@@ -335,3 +335,56 @@ def test_launched_dry_run_prints_once(tiny: Path, tmp_path: Path) -> None:
     assert proc.stdout.count("Dry run for run") == 1
     assert re.search(r"world size +2 process\(es\) \(WORLD_SIZE\)", proc.stdout)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_dry_run_says_which_precision_and_why(tiny: Path, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 on a CPU without a bf16 unit: the dry run shows the same one-line warning train.py logs; auto is fp32
+    there. The CPU's flags are set (no machine here has both kinds of CPU); everything else is real."""
+    import qa.distributed.precision as precision
+
+    caps = {"cpu_name": "AMD EPYC", "simd": "AVX512" if native else "AVX2", "avx512_bf16": native}
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: caps)
+    bf16 = describe_plan(_cfg(tiny, "--mixed_precision", "bf16"), world_size=2, cuda=False)
+    warned = [w for w in check_plan(_cfg(None, "--mixed_precision", "bf16"), 2, cuda=False) if "bf16" in w]
+    assert bool(warned) is not native
+    assert _row(bf16, "precision").startswith("bf16 mixed precision (mixed_precision bf16")
+    if not native:
+        (line,) = warned
+        assert f"  - {line}" in bf16.split("\nwarnings", 1)[1]  # the train-time line, word for word
+        assert "mixed_precision: auto" in line and "AMD EPYC, AVX2" in line
+    auto = describe_plan(_cfg(tiny, "--mixed_precision", "auto"), world_size=2, cuda=False)
+    assert _row(auto, "precision") == (
+        ("bf16 mixed precision (mixed_precision auto: this CPU (AMD EPYC, AVX512) computes bf16 natively"
+         if native else "fp32 (mixed_precision auto: this CPU (AMD EPYC, AVX2) has no native bf16 (AVX512-BF16 or "
+         "AMX); emulated bf16 is slower than fp32") + "; fp16 when launched on GPUs)")
+
+
+def test_checkpoint_disk_row_compares_kept_checkpoints_with_free_space(tiny: Path, tmp_path: Path) -> None:
+    from small_fs import small_filesystem
+
+    from qa.checkpoint.disk import estimate_checkpoint_bytes
+    from qa.preflight.memory import count_parameters
+
+    with small_filesystem(tmp_path / "disk", 30) as disk:
+        cfg = _cfg(tiny, "--output_dir", str(disk / "out"), "--save_total_limit", "3", "--deepspeed", "null")
+        plan = describe_plan(cfg, world_size=1, cuda=False)
+        one = estimate_checkpoint_bytes(count_parameters(cfg)[0], deepspeed=False, mixed_precision=False,
+                                        export=False)
+        row = _row(plan, "checkpoint disk")
+        assert row.startswith(f"~{format_bytes(one)} each x 4 (save_total_limit + 1 while saving) = "
+                              f"{format_bytes(4 * one)}; ")
+        assert row.endswith(f" free in {disk / 'out' / 'checkpoints'}")
+        assert one * 4 > 30 * 2**20  # so the plan must warn
+        assert f"checkpoints need about {format_bytes(4 * one)} in {disk / 'out' / 'checkpoints'}, only " in plan
+        plan = describe_plan(_cfg(tiny, "--output_dir", str(disk / "out"), "--save_total_limit", "1",
+                                  "--deepspeed", "null"), world_size=1, cuda=False)
+        assert "checkpoints need about" not in plan  # 2 x ~12 MB fit in 30 MiB
+
+
+def test_epoch_checkpoints_of_a_run_shorter_than_an_epoch_say_it_saves_at_the_end(tiny: Path) -> None:
+    row = _row(describe_plan(_cfg(tiny, "--checkpointing_steps", "epoch", "--max_train_steps", "2"), world_size=1,
+                             cuda=False), "checkpoints")
+    assert row.startswith("at the end of each epoch (steps none); max_train_steps ends the run at step 2 (shorter "
+                          "than one epoch), inside an epoch of ")
+    assert ": saved there too" in row

@@ -327,6 +327,30 @@ def test_resume_continues_same_run(
     assert second.sync_command in capsys.readouterr().out
 
 
+def test_a_restart_before_any_checkpoint_continues_the_same_run(accelerator: Any, wandb_env: Path,
+                                                                  tmp_path: Path) -> None:
+    """Found by the fault campaign: a job killed before its first checkpoint restarted from scratch (nothing to
+    resume) under a second W&B run id, leaving the first attempt's steps in a run of their own."""
+    out = tmp_path / "out"
+    first = make_tracker(accelerator, out)
+    for step in (1, 2):
+        first.log({"train/loss": 1.0 / step}, step=step)
+    first.finish()
+
+    second = make_tracker(accelerator, out)  # no checkpoint, so no resume_run_id: training starts over
+    assert second.run_id == first.run_id
+    for step in (1, 2, 3):
+        second.log({"train/loss": 1.0 / step}, step=step)
+    second.finish()
+    dirs = offline_dirs(wandb_env, first.run_id)
+    steps = [r["_step"] for d in dirs for r in history_rows(read_wandb_records(d / f"run-{first.run_id}.wandb"))]
+    assert steps == [1, 2, 3]  # the step axis goes on: the repeated steps are not sent twice
+
+    other = make_tracker(accelerator, tmp_path / "elsewhere")
+    assert other.run_id != first.run_id  # another output_dir is another run
+    other.finish()
+
+
 def test_init_raising_continues_without_wandb(
     accelerator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
