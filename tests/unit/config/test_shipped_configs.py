@@ -95,7 +95,7 @@ def test_accelerate_yaml(path: Path) -> None:
     json_path = REPO / ds["deepspeed_config_file"]
     assert json_path.is_file()
     # Next to a JSON, Accelerate refuses these at start-up (see test_accelerate_refuses_mixed_precision_...).
-    assert "mixed_precision" not in raw and parsed.distributed.mixed_precision is None
+    assert "mixed_precision" not in raw and parsed.mixed_precision is None
     assert not set(ds) & _ACCELERATE_FIELDS_REFUSED_WITH_JSON
     stage = zero_stage(json.loads(json_path.read_text()))
     assert ds.get("zero3_init_flag", False) == (stage == 3)

@@ -79,7 +79,7 @@ def test_order_is_pure_in_seed_and_epoch(grouped: bool) -> None:
         return ungrouped_batch_order(len(lengths), 16, seed=seed, epoch=epoch)
 
     # Unrelated global RNG activity must not matter: every rank has a different history.
-    np.random.run.seed(123)
+    np.random.seed(123)
     torch.manual_seed(123)
     a = order(0, 0)
     np.random.rand(10)
