@@ -1,195 +1,192 @@
-"""qa.metrics against a deliberately plain oracle that transcribes the official SQuAD scripts.
+"""qa.eval.squad_metrics against an oracle written from the SQuAD metric definitions.
 
-The oracle below follows ``evaluate-v1.1.py`` and ``evaluate-v2.0.py`` line by line (Counter, regex,
-max over gold answers, running sums in dataset order), so any shortcut in the fast implementation
-that changes a value, a type, or a summation order shows up as an inequality at full float precision.
+The oracle is a plain reading of the definitions (Rajpurkar et al., SQuAD 2016 and 2018), in its own
+structure and sharing no code with the implementation (no cache, no deduplication of gold answers):
+
+- normalisation: lower-case, delete ASCII punctuation, delete the whole words "a", "an" and "the",
+  collapse whitespace;
+- exact match (EM) of a question: 1 if its normalised prediction equals some normalised gold answer;
+- F1 of a question: the best, over its gold answers, harmonic mean of token precision and recall, the
+  shared tokens counted as a multiset intersection; in v2.0 an empty gold or prediction scores 1 only
+  when both are empty;
+- v1.1 averages over every reference question, a question without a prediction scoring 0;
+- v2.0 scores the predicted questions, an unanswerable one against the gold answer ""; a question whose
+  na_prob exceeds the threshold counts as answered "no answer"; HasAns_/NoAns_ split the questions by
+  whether they have gold answers; with na_probs, best_* is the best score over thresholds swept upwards
+  through the questions sorted by na_prob.
+
+The tests compare at full precision (same keys in the same order, same repr), so the oracle also fixes the
+arithmetic that the definitions leave open, to the arithmetic behind the published numbers. A mean is
+``100.0 * sum / count`` and the sum runs over the questions in dataset order, because floating-point
+addition is not associative: the same scores added in another order can round differently in the last
+bit. The way of adding is fixed too: v1.1's totals are a running left-to-right sum, v2.0's are Python's
+``sum()``, which on Python >= 3.12 compensates rounding error (so the two can differ there) and adds ints
+and floats differently; for the same reason a score that is a count (EM, an F1 of 0 for no shared token,
+an F1 of 1 for two empty answers) stays an int. Precision and recall are float divisions and F1 is
+``2 * p * r / (p + r)``, evaluated left to right.
 """
 
 from __future__ import annotations
 
-import collections
 import random
 import re
 import string
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
 
 import pytest
 
 from qa.eval.squad_metrics import normalize_answer, squad_v1, squad_v2
 
 # ---------------------------------------------------------------------------------------------------
-# Oracle: the official scripts' algorithm, on {qid: [gold texts]} instead of the dataset JSON.
+# Oracle: the definitions, on {qid: [gold texts]} and {qid: prediction}.
 # ---------------------------------------------------------------------------------------------------
 
-
-def oracle_normalize(s):
-    def remove_articles(text):
-        return re.sub(r"\b(a|an|the)\b", " ", text)
-
-    def white_space_fix(text):
-        return " ".join(text.split())
-
-    def remove_punc(text):
-        exclude = set(string.punctuation)
-        return "".join(ch for ch in text if ch not in exclude)
-
-    def lower(text):
-        return text.lower()
-
-    return white_space_fix(remove_articles(remove_punc(lower(s))))
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = frozenset({"a", "an", "the"})
+_WORD_RUN = re.compile(r"(\w+)")
 
 
-def oracle_v1(predictions, references):
-    def f1_score(prediction, ground_truth):
-        prediction_tokens = oracle_normalize(prediction).split()
-        ground_truth_tokens = oracle_normalize(ground_truth).split()
-        common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
-        num_same = sum(common.values())
-        if num_same == 0:
-            return 0
-        precision = 1.0 * num_same / len(prediction_tokens)
-        recall = 1.0 * num_same / len(ground_truth_tokens)
-        f1 = (2 * precision * recall) / (precision + recall)
-        return f1
-
-    def exact_match_score(prediction, ground_truth):
-        return oracle_normalize(prediction) == oracle_normalize(ground_truth)
-
-    def metric_max_over_ground_truths(metric_fn, prediction, ground_truths):
-        scores_for_ground_truths = []
-        for ground_truth in ground_truths:
-            score = metric_fn(prediction, ground_truth)
-            scores_for_ground_truths.append(score)
-        return max(scores_for_ground_truths)
-
-    f1 = exact_match = total = 0
-    for qid, ground_truths in references.items():
-        total += 1
-        if qid not in predictions:
-            continue
-        prediction = predictions[qid]
-        exact_match += metric_max_over_ground_truths(exact_match_score, prediction, ground_truths)
-        f1 += metric_max_over_ground_truths(f1_score, prediction, ground_truths)
-    exact_match = 100.0 * exact_match / total
-    f1 = 100.0 * f1 / total
-    return {"exact_match": exact_match, "f1": f1}
+def oracle_normalize(text: str) -> str:
+    lowered = text.lower()
+    unpunctuated = "".join(ch for ch in lowered if ch not in _PUNCTUATION)
+    # A word is a maximal run of word characters, so "theory" keeps its "the"; a deleted article leaves a
+    # space so that its neighbours stay apart.
+    pieces = [" " if piece in _ARTICLES else piece for piece in _WORD_RUN.split(unpunctuated)]
+    return " ".join("".join(pieces).split())
 
 
-def oracle_v2(preds, references, na_probs=None, na_prob_thresh=1.0):
-    def get_tokens(s):
-        if not s:
-            return []
-        return oracle_normalize(s).split()
+@dataclass(frozen=True)
+class Question:
+    qid: str
+    golds: tuple[str, ...]   # as given; empty for an unanswerable v2.0 question
+    prediction: str | None   # None when the question was not predicted
+    na_prob: float = 0.0
 
-    def compute_exact(a_gold, a_pred):
-        return int(oracle_normalize(a_gold) == oracle_normalize(a_pred))
+    @property
+    def answerable(self) -> bool:
+        return bool(self.golds)
 
-    def compute_f1(a_gold, a_pred):
-        gold_toks = get_tokens(a_gold)
-        pred_toks = get_tokens(a_pred)
-        common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
-        num_same = sum(common.values())
-        if len(gold_toks) == 0 or len(pred_toks) == 0:
-            return int(gold_toks == pred_toks)
-        if num_same == 0:
-            return 0
-        precision = 1.0 * num_same / len(pred_toks)
-        recall = 1.0 * num_same / len(gold_toks)
-        f1 = (2 * precision * recall) / (precision + recall)
-        return f1
 
-    def get_raw_scores():
-        exact_scores = {}
-        f1_scores = {}
-        for qid, answers in references.items():
-            gold_answers = [a for a in answers if oracle_normalize(a)]
-            if not gold_answers:
-                gold_answers = [""]
-            if qid not in preds:
-                continue
-            a_pred = preds[qid]
-            exact_scores[qid] = max(compute_exact(a, a_pred) for a in gold_answers)
-            f1_scores[qid] = max(compute_f1(a, a_pred) for a in gold_answers)
-        return exact_scores, f1_scores
+def _tokens(text: str) -> list[str]:
+    return oracle_normalize(text).split()
 
-    def apply_no_ans_threshold(scores, na_probs, qid_to_has_ans, na_prob_thresh):
-        new_scores = {}
-        for qid, s in scores.items():
-            pred_na = na_probs[qid] > na_prob_thresh
-            if pred_na:
-                new_scores[qid] = float(not qid_to_has_ans[qid])
-            else:
-                new_scores[qid] = s
-        return new_scores
 
-    def make_eval_dict(exact_scores, f1_scores, qid_list=None):
-        if not qid_list:
-            total = len(exact_scores)
-            return collections.OrderedDict([
-                ("exact", 100.0 * sum(exact_scores.values()) / total),
-                ("f1", 100.0 * sum(f1_scores.values()) / total),
-                ("total", total),
-            ])
-        else:
-            total = len(qid_list)
-            return collections.OrderedDict([
-                ("exact", 100.0 * sum(exact_scores[k] for k in qid_list) / total),
-                ("f1", 100.0 * sum(f1_scores[k] for k in qid_list) / total),
-                ("total", total),
-            ])
+def _shared_token_count(a: list[str], b: list[str]) -> int:
+    count_a, count_b = Counter(a), Counter(b)
+    return sum(min(count_a[t], count_b[t]) for t in count_a.keys() & count_b.keys())
 
-    def merge_eval(main_eval, new_eval, prefix):
-        for k in new_eval:
-            main_eval[f"{prefix}_{k}"] = new_eval[k]
 
-    def find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
-        num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
-        cur_score = num_no_ans
-        best_score = cur_score
-        best_thresh = 0.0
-        qid_list = sorted(na_probs, key=lambda k: na_probs[k])
-        for qid in qid_list:
-            if qid not in scores:
-                continue
-            if qid_to_has_ans[qid]:
-                diff = scores[qid]
-            else:
-                if preds[qid]:
-                    diff = -1
-                else:
-                    diff = 0
-            cur_score += diff
-            if cur_score > best_score:
-                best_score = cur_score
-                best_thresh = na_probs[qid]
-        return 100.0 * best_score / len(scores), best_thresh
+def _harmonic_f1(pred: list[str], gold: list[str]) -> float:
+    shared = _shared_token_count(pred, gold)
+    if shared == 0:
+        return 0   # precision and recall are both 0
+    precision = shared / len(pred)
+    recall = shared / len(gold)
+    return 2 * precision * recall / (precision + recall)
 
-    def find_all_best_thresh(main_eval, preds, exact_raw, f1_raw, na_probs, qid_to_has_ans):
-        best_exact, exact_thresh = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans)
-        best_f1, f1_thresh = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans)
-        main_eval["best_exact"] = best_exact
-        main_eval["best_exact_thresh"] = exact_thresh
-        main_eval["best_f1"] = best_f1
-        main_eval["best_f1_thresh"] = f1_thresh
 
-    has_na_file = na_probs is not None
-    if not has_na_file:
-        na_probs = {k: 0.0 for k in preds}
-    qid_to_has_ans = {qid: bool(answers) for qid, answers in references.items()}
-    has_ans_qids = [k for k, v in qid_to_has_ans.items() if v]
-    no_ans_qids = [k for k, v in qid_to_has_ans.items() if not v]
-    exact_raw, f1_raw = get_raw_scores()
-    exact_thresh = apply_no_ans_threshold(exact_raw, na_probs, qid_to_has_ans, na_prob_thresh)
-    f1_thresh = apply_no_ans_threshold(f1_raw, na_probs, qid_to_has_ans, na_prob_thresh)
-    out_eval = make_eval_dict(exact_thresh, f1_thresh)
-    if has_ans_qids:
-        has_ans_eval = make_eval_dict(exact_thresh, f1_thresh, qid_list=has_ans_qids)
-        merge_eval(out_eval, has_ans_eval, "HasAns")
-    if no_ans_qids:
-        no_ans_eval = make_eval_dict(exact_thresh, f1_thresh, qid_list=no_ans_qids)
-        merge_eval(out_eval, no_ans_eval, "NoAns")
-    if has_na_file:
-        find_all_best_thresh(out_eval, preds, exact_raw, f1_raw, na_probs, qid_to_has_ans)
-    return dict(out_eval)
+def _exact(prediction: str, gold: str) -> int:
+    return int(oracle_normalize(prediction) == oracle_normalize(gold))
+
+
+def _running_total(values: Iterable[float]) -> float:
+    total = 0
+    for value in values:
+        total += value
+    return total
+
+
+def _v1_scores(q: Question) -> tuple[int, float]:
+    if q.prediction is None:
+        return 0, 0
+    em = max(_exact(q.prediction, gold) for gold in q.golds)
+    f1 = max(_harmonic_f1(_tokens(q.prediction), _tokens(gold)) for gold in q.golds)
+    return em, f1
+
+
+def oracle_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    questions = [Question(qid, tuple(golds), predictions.get(qid)) for qid, golds in references.items()]
+    scores = [_v1_scores(q) for q in questions]
+    return {
+        "exact_match": 100.0 * _running_total(em for em, _ in scores) / len(questions),
+        "f1": 100.0 * _running_total(f1 for _, f1 in scores) / len(questions),
+    }
+
+
+def _v2_golds(q: Question) -> list[str]:
+    # A gold answer that normalises to "" says nothing; a question left with none is scored against "".
+    return [gold for gold in q.golds if oracle_normalize(gold)] or [""]
+
+
+def _v2_f1(pred: list[str], gold: list[str]) -> float:
+    if not pred or not gold:
+        return int(pred == gold)
+    return _harmonic_f1(pred, gold)
+
+
+def _v2_scores(q: Question) -> tuple[int, float]:
+    golds = _v2_golds(q)
+    em = max(_exact(q.prediction, gold) for gold in golds)
+    f1 = max(_v2_f1(_tokens(q.prediction), _tokens(gold)) for gold in golds)
+    return em, f1
+
+
+def _after_threshold(q: Question, score: float, thresh: float) -> float:
+    # Above the threshold the question is answered "no answer", which is right exactly when it has none.
+    return float(not q.answerable) if q.na_prob > thresh else score
+
+
+def _summary(scores: list[tuple[float, float]]) -> dict[str, float]:
+    return {
+        "exact": 100.0 * sum(em for em, _ in scores) / len(scores),
+        "f1": 100.0 * sum(f1 for _, f1 in scores) / len(scores),
+        "total": len(scores),
+    }
+
+
+def _best_threshold(questions: list[Question], raw: list[float],
+                    na_probs: Mapping[str, float]) -> tuple[float, float]:
+    """Best score over thresholds, and the lowest threshold that reaches it (0.0: answer nothing).
+
+    Raising the threshold through the sorted na_probs answers one more question at each step, starting from
+    abstaining everywhere (every unanswerable question right). Answering gains an answerable question its
+    raw score, and costs an unanswerable one its point when any text (even text that normalises to "")
+    was predicted. The score of each cut is accumulated one question at a time, like the published numbers.
+    """
+    gain = {q.qid: s if q.answerable else (-1 if q.prediction else 0)
+            for q, s in zip(questions, raw, strict=True)}
+    # sorted() is stable: questions with equal na_probs are answered in na_probs' own order.
+    order = [qid for qid in sorted(na_probs, key=na_probs.__getitem__) if qid in gain]
+    abstain_all = sum(1 for q in questions if not q.answerable)
+    cut_scores = list(accumulate((gain[qid] for qid in order), initial=abstain_all))
+    best_cut = cut_scores.index(max(cut_scores))   # the first cut that reaches the best score
+    thresh = na_probs[order[best_cut - 1]] if best_cut else 0.0
+    return 100.0 * cut_scores[best_cut] / len(questions), thresh
+
+
+def oracle_v2(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+              na_probs: Mapping[str, float] | None = None, thresh: float = 1.0) -> dict[str, float]:
+    questions = [
+        Question(qid, tuple(golds), predictions[qid], na_probs[qid] if na_probs is not None else 0.0)
+        for qid, golds in references.items() if qid in predictions
+    ]
+    raw = [_v2_scores(q) for q in questions]
+    scored = [(_after_threshold(q, em, thresh), _after_threshold(q, f1, thresh))
+              for q, (em, f1) in zip(questions, raw, strict=True)]
+    out = _summary(scored)
+    for prefix, answerable in (("HasAns", True), ("NoAns", False)):
+        subset = [s for q, s in zip(questions, scored, strict=True) if q.answerable is answerable]
+        if subset:
+            out.update({f"{prefix}_{key}": value for key, value in _summary(subset).items()})
+    if na_probs is not None:
+        for name, pick in (("exact", 0), ("f1", 1)):
+            best, at = _best_threshold(questions, [s[pick] for s in raw], na_probs)
+            out[f"best_{name}"] = best
+            out[f"best_{name}_thresh"] = at
+    return out
 
 
 def assert_identical(got, want):
