@@ -1,7 +1,7 @@
 """How a config key is declared: a dataclass field with its default and the one line ``train.py --help`` prints.
 
 Each component declares its keys once, in the frozen dataclass of its folder's ``settings.py``; the parser
-(``qa/config/parser.py``) builds the command line, the ``--help`` groups and YAML loading from those classes.
+(``qa/config/load.py``) builds the command line, the ``--help`` groups and YAML loading from those classes.
 Help text goes through argparse's %-formatting, so it must not contain a bare ``%``.
 """
 

@@ -60,7 +60,7 @@ class Config:
         return self.eval.decode(self.data.version_2_with_negative)
 
     @property
-    def wandb_group(self) -> str:
+    def resolved_wandb_group(self) -> str:
         return self.tracking.wandb_group or self.run.resolved_run_name
 
 

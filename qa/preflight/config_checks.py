@@ -45,9 +45,10 @@ def check_config(cfg: Config, *, check_files: bool = True) -> None:
                                 ("validation_file", data.validation_file, run.do_eval),
                                 ("test_file", data.test_file, run.do_predict),
                                 ("deepspeed", cfg.distributed.deepspeed, True)):
-            need(not used or path is None or Path(path).is_file(), key, f"file not found: {path}{_where(path, key)}")
-        need(r is None or r == "auto" or is_store_uri(r) or Path(r).is_dir(), "resume_from_checkpoint",
-             f"directory not found: {r}{_where(r or '', 'resume_from_checkpoint')}")
+            if used and path is not None and not Path(path).is_file():
+                need(False, key, f"file not found: {path}{_where(path, key)}")
+        if r is not None and r != "auto" and not is_store_uri(r) and not Path(r).is_dir():
+            need(False, "resume_from_checkpoint", f"directory not found: {r}{_where(r, 'resume_from_checkpoint')}")
 
 
 def _where(path: str, key: str) -> str:

@@ -79,7 +79,7 @@ class Trainer:
         """Train from ``session.state`` to the end (or until a signal). Returns COMPLETED, PREEMPTED or INTERRUPTED."""
         acc, st, plan = self.session.accelerator, self.session.state, self.plan
         schedule, do_eval = self.cfg.schedule, self.cfg.run.do_eval
-        module, optimizer, scheduler = self.model.module, self.model.optimizer, self.model.scheduler
+        module = self.model.module
         meter = _Meter()
         shape = model_shape(acc.unwrap_model(module))
         dtype = "fp32" if self.session.precision == "no" else self.session.precision  # fp32 runs as TF32
@@ -97,20 +97,7 @@ class Trainer:
                 loader = acc.skip_first_batches(self.model.train_loader, st.steps_in_epoch * plan.accumulation)
             module.train()
             for batch in loader:
-                with acc.accumulate(module):
-                    out = module(**_model_inputs(batch, self.model.train_input_names))
-                    # HF heads take the softmax over pad positions too, so their loss changes with how far a
-                    # batch is padded; masking pads makes length grouping change nothing but speed.
-                    loss = padding_invariant_qa_loss(out.start_logits, out.end_logits, batch["attention_mask"],
-                                                     batch["start_positions"], batch["end_positions"])
-                    acc.backward(loss)
-                    grad_norm = None
-                    if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(module.parameters(), self.cfg.optimizer.max_grad_norm)
-                    optimizer.step()
-                    if acc.sync_gradients and not acc.optimizer_step_was_skipped:
-                        scheduler.step()  # an fp16 overflow step must not eat warmup
-                    optimizer.zero_grad(set_to_none=True)
+                loss, grad_norm = self._micro_step(batch)
                 meter.add(loss, batch)
                 if not acc.sync_gradients:
                     continue
@@ -148,6 +135,27 @@ class Trainer:
         bar.close()
         st.train_time_s = self._elapsed()
         return COMPLETED
+
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward of one micro-batch; the optimizer steps when Accelerate syncs gradients.
+        Returns the loss and, on a syncing micro-batch, the gradient norm before clipping."""
+        acc, module = self.session.accelerator, self.model.module
+        optimizer, scheduler = self.model.optimizer, self.model.scheduler
+        with acc.accumulate(module):
+            out = module(**_model_inputs(batch, self.model.train_input_names))
+            # HF heads take the softmax over pad positions too, so their loss changes with how far a batch is
+            # padded; masking pads makes length grouping change nothing but speed.
+            loss = padding_invariant_qa_loss(out.start_logits, out.end_logits, batch["attention_mask"],
+                                             batch["start_positions"], batch["end_positions"])
+            acc.backward(loss)
+            grad_norm = None
+            if acc.sync_gradients:
+                grad_norm = acc.clip_grad_norm_(module.parameters(), self.cfg.optimizer.max_grad_norm)
+            optimizer.step()
+            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                scheduler.step()  # an fp16 overflow step must not eat warmup
+            optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
 
     def evaluate(self) -> None:
         if self.data.eval is not None:

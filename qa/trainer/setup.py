@@ -145,7 +145,7 @@ def start(cfg: Config, accelerator: Accelerator, total_steps: int | None = None)
         (Path(run.output_dir) / "run_config.yaml").write_text(config_yaml)
     tracker = Tracker.from_settings(
         accelerator, cfg.tracking, output_dir=run.output_dir, run_name=run.resolved_run_name,
-        group=cfg.tracking.wandb_group, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
+        group=cfg.resolved_wandb_group, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
         facts={"precision": {"chosen": choice.name, "reason": choice.reason}, "threads_per_rank": threads},
     )

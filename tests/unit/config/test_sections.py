@@ -165,7 +165,7 @@ def test_sections_carry_the_values_of_their_keys(tmp_path: Path) -> None:
                       wandb_group=None, n_best_size=5, max_train_steps=9)
     assert (cfg.optimizer.learning_rate, cfg.storage.store_uri, cfg.decode.n_best_size,
             cfg.schedule.max_train_steps) == (1e-4, "s3://bkt/p", 5, 9)
-    assert cfg.run.resolved_run_name == cfg.tracking.wandb_group == "r1"
+    assert cfg.run.resolved_run_name == cfg.resolved_wandb_group == "r1"
     assert "learning_rate: 0.0001" in config_yaml(cfg)
     # Earlier checkpoints recorded exactly these keys; another set would refuse every one of them on resume.
     assert cfg.data_order.key(4) == {
