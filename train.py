@@ -32,12 +32,12 @@ def run(cfg: TrainConfig) -> int:
     data = setup.prepare_data(sections.data, sections.model, accelerator)  # examples -> cached features
     test = prediction.prepare_data(sections.data, accelerator, data.tokenizer) if cfg.do_predict else None
     startup.mark("data")
-    weights = setup.load_weights(sections.model)  # from_pretrained: unreadable weights fail before any write
     # Every input check is done: nothing was written before this line.
     steps = setup.planned_steps(sections, accelerator, data)
     session = setup.start(cfg, sections, accelerator, steps)  # output_dir claim, storage, resume, tracker
     if session is None:
         return 0  # resumed a run that had already finished: said so, changed nothing
+    weights = setup.load_weights(sections.model, session, cfg.output_dir)  # unreadable: undone, one line
     model = setup.build_model(sections, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(sections.data, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")
