@@ -32,12 +32,12 @@ def run(cfg: Config) -> int:
     startup.mark("setup")
     data = setup.prepare_data(cfg, accelerator)  # examples -> cached windows (train, eval, test)
     startup.mark("data")
-    weights = setup.load_weights(cfg.model)  # from_pretrained: unreadable weights fail before any write
     # Every input check is done: nothing was written before this line.
     steps = setup.planned_steps(cfg, accelerator, data)
     session = setup.start(cfg, accelerator, steps)  # output_dir claim, storage, resume, tracker
     if session is None:
         return 0  # resumed a run that had already finished: said so, changed nothing
+    weights = setup.load_weights(cfg.model, session, cfg.run.output_dir)  # unreadable: undone, one line
     model = setup.build_model(cfg, session, data, weights)  # optimizer, schedule, loader via accelerate/DeepSpeed
     setup.resume(cfg, session)  # model/optimizer/scheduler/RNG/data position, if resuming
     startup.mark("model")

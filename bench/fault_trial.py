@@ -21,6 +21,10 @@ KINDS = ("kill_worker", "kill_launcher", "sigterm", "sigint", "s3_outage", "wipe
 # just published (the store's rotation runs right after), a resume's download in progress (*.part files).
 MOMENTS = ("time", "step", "saving", "uploading", "published", "fetching")
 ATTEMPT_TIMEOUT_S = 420.0
+# After a fault that took a node away, how long the other node may take to notice and exit by itself (torchrun
+# waits up to 600 s for a node to rejoin its rendezvous); then it is killed, as a scheduler restarting the job
+# would. Longer than a preemption save (preemption_grace_seconds 110) with room for a loaded machine.
+SURVIVORS_S = 240.0
 
 
 @dataclass
@@ -68,6 +72,7 @@ class TrialRun:
     corrupted: list[str] = field(default_factory=list)  # store keys the trial overwrote on purpose
     wiped_rank0_at: list[int] = field(default_factory=list)  # attempt indices after which node 0's disk was empty
     max_step: dict[int, int] = field(default_factory=dict)  # attempt -> the last step it logged
+    restarted_by_scheduler: int = 0  # attempts whose surviving node was killed after a node loss
     errors: list[str] = field(default_factory=list)
 
 
@@ -208,10 +213,12 @@ def run_trial(plan: Plan, spec: JobSpec, store: Any, server: Any, disks: Any) ->
                 continue
             ended_by_fault = injector.inject(fault, attempt)
             run.injected.append(fault.kind)
-        if not attempt.wait(ATTEMPT_TIMEOUT_S):
-            run.errors.append(f"attempt {index} hung ({ATTEMPT_TIMEOUT_S:.0f}s); killed")
+        if not attempt.wait(SURVIVORS_S if ended_by_fault else ATTEMPT_TIMEOUT_S):
             attempt.kill_all()
-            return run
+            if not ended_by_fault:
+                run.errors.append(f"attempt {index} hung ({ATTEMPT_TIMEOUT_S:.0f}s); killed")
+                return run
+            run.restarted_by_scheduler += 1
         _note_progress(run, attempt)
         codes = attempt.exit_codes()
         if all(c == 0 for c in codes):

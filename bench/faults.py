@@ -199,7 +199,7 @@ def run_campaign(seeds: list[int], work: Path, out=sys.stdout) -> list[tuple[int
             status = "ok" if not verdict.violations else "FAIL"
             print(f"trial seed={seed} {plan.describe()} -> {status} in {time.monotonic() - t0:.0f}s "
                   f"(injected {run.injected}, missed {run.missed}, resumes {verdict.resumes}, "
-                  f"redone {verdict.redone})", file=out, flush=True)
+                  f"redone {verdict.redone}, survivors killed {run.restarted_by_scheduler})", file=out, flush=True)
             for v in verdict.violations:
                 print(f"    {v}", file=out, flush=True)
             results.append((seed, plan.describe(), verdict, run.injected + [f"missed:{k}" for k in run.missed]))
@@ -245,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replay", type=int, action="append", help="run the trial of this seed (repeatable)")
+    parser.add_argument("--skip", type=int, default=0, help="start after this many trials of the campaign")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qa-faults")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    seeds = args.replay or trial_seeds(args.seed, args.trials)
+    seeds = args.replay or trial_seeds(args.seed, args.trials)[args.skip:]
     results = run_campaign(seeds, args.work)
     print(table(results), flush=True)
     if args.json:

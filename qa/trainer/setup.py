@@ -84,6 +84,9 @@ def connect(cfg: Config) -> Accelerator:
     """
     from qa.tracking.tracker import log_with_for
 
+    # Every rank, before the Accelerator: under ZeRO-3 it makes transformers build any model (the meta-device one
+    # the weight check compares against) inside deepspeed.zero.Init, a collective rank 0 alone would hang in.
+    check_model(cfg.model)  # missing, offline, no tokenizer, wrong vocab or weights; the same on every rank
     accelerator = build_accelerator(cfg.distributed, cfg.optimizer, cfg.batch, output_dir=cfg.run.output_dir,
                                     log_with=log_with_for(cfg.tracking.report_to))
     _setup_logging(accelerator.is_main_process)
@@ -91,7 +94,6 @@ def connect(cfg: Config) -> Accelerator:
     choice = machine_precision(cfg.distributed.mixed_precision)
     logger.info("precision: %s; %s", choice.describe(), _threads())  # check_launch warned if it will be slow
     on_rank_zero(accelerator, lambda: check_data(cfg))  # bad data fails here, before anything is written
-    on_rank_zero(accelerator, lambda: check_model(cfg.model))  # missing, offline, no tokenizer, wrong vocab
     return accelerator
 
 
@@ -282,15 +284,31 @@ def _eval_set(data: DataSettings, tokenizer: PreTrainedTokenizerBase, split: str
         arrays=EvalFeatures.of_windows(feats, data.max_seq_length) if is_main else None)  # only rank 0 decodes
 
 
-def load_weights(settings: ModelSettings) -> torch.nn.Module:
-    """from_pretrained, before the output_dir claim: weights that cannot be read (a truncated or corrupt file)
-    are a one-line ConfigError and the run has written nothing. Every rank loads its own copy."""
+def load_weights(settings: ModelSettings, session: Session, output_dir: str) -> torch.nn.Module:
+    """from_pretrained, after the claim (under ZeRO-3 it partitions inside deepspeed.zero.Init, which must follow
+    the collectives of ``start``). Weights that cannot be read (a truncated or damaged file; qa.model.checks has
+    already compared names and shapes) are a one-line ConfigError, and what this run wrote is removed first.
+
+    Collective: every rank calls it.
+    """
     try:
         return load_model(settings)
     except (OSError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        _undo_start(session, output_dir)
         raise ConfigError(f"model_name_or_path: the weights of {settings.model_name_or_path} cannot be loaded: "
                           f"{first}") from None
+
+
+def _undo_start(session: Session, output_dir: str) -> None:
+    """The tracker closed and, for a fresh run, run_config.yaml and the lock gone (a resumed run's directory
+    keeps what its earlier runs wrote)."""
+    session.tracker.finish()
+    session.preemption.uninstall()
+    if session.accelerator.is_main_process and session.resume_path is None:
+        (Path(output_dir) / "run_config.yaml").unlink(missing_ok=True)
+        (Path(output_dir) / "metrics.jsonl").unlink(missing_ok=True)
+        abandon(output_dir)
 
 
 def build_model(cfg: Config, session: Session, data: Data, model: torch.nn.Module) -> Model:
