@@ -1,8 +1,10 @@
-"""Every command in the README and in the config headers runs.
+"""Every command in the README, in docs/*.md and in the config headers runs.
 
-Commands are the lines of the README's ```bash blocks and the ``#   command`` lines at the top of configs/*.yaml
-and configs/accelerate/*.yaml (a trailing backslash continues a line). Each one is a test case below; what it
-takes to run them on a 2-core machine without GPUs or internet:
+Commands are the lines of the ```bash blocks of README.md and docs/*.md and the ``#   command`` lines at the top
+of configs/*.yaml and configs/accelerate/*.yaml (a trailing backslash continues a line). A command written in
+several places is one test case, named after the first place (README, then docs, then configs). The README's
+```yaml run config loads, its ```json data line reads as training data, and its ```python QuestionAnswerer
+example answers. What it takes to run them on a 2-core machine without GPUs or internet:
 
 * GPU and cluster launches run as dry runs (``--dry_run`` appended) of train.py, in this process, with the
   environment that launcher gives its workers and the world size it plans for. For ``accelerate launch`` that
@@ -16,12 +18,16 @@ takes to run them on a 2-core machine without GPUs or internet:
   data/demo files, and preprocessing_num_workers by 1 (8 tokenizer processes on 2 cores for 300 examples).
 * make targets run as ``make -n`` (``make test`` would run this test, ``make demo`` takes minutes);
   ``export`` lines are environment settings, applied to the command that follows them.
+* The install steps written without make (venv, ``pip install``) must be steps of ``make venv``: they are
+  compared with ``make -n -B .venv/.installed``, not run (an install takes minutes and the network).
+* ``python train.py --help`` runs in this process.
 * ``python -m qa.eval`` runs on a saved v2 evaluation built here, its output_dir replaced; ``python -m
   qa.predict`` on the tiny model, with a question file written here.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -44,7 +50,8 @@ LAUNCHER_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", 
                 "ACCELERATE_DEEPSPEED_ZERO3_INIT", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL",
                 "ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-COMMAND_START = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:launch/|accelerate |python |sbatch |make |export |torchrun )")
+COMMAND_START = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:launch/|accelerate |python3? |sbatch |make |export |torchrun |source )")
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
 def _joined(lines: list[str]) -> Iterator[str]:
@@ -61,12 +68,16 @@ def _strip_comment(line: str) -> str:
     return re.sub(r"\s+#\s.*$", "", line).strip()
 
 
-def readme_commands() -> list[tuple[str, str]]:
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+def blocks(document: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (REPO / document).read_text(), re.S)
+
+
+def document_commands() -> list[tuple[str, str]]:
     out = []
-    for block in blocks:
-        lines = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
-        out += [("README.md", _strip_comment(c)) for c in _joined(lines) if _strip_comment(c)]
+    for document in DOCUMENTS:
+        for block in blocks(document, "bash"):
+            lines = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
+            out += [(document, _strip_comment(c)) for c in _joined(lines) if _strip_comment(c)]
     return out
 
 
@@ -84,14 +95,24 @@ def config_commands() -> list[tuple[str, str]]:
     return out
 
 
-DOCUMENTED = readme_commands() + config_commands()
+def _first_places(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each command once, with the first place that writes it: the same command runs the same way anywhere."""
+    seen: dict[str, str] = {}
+    for source, command in found:
+        seen.setdefault(command, source)
+    return [(source, command) for command, source in seen.items()]
+
+
+FOUND = document_commands() + config_commands()
+DOCUMENTED = _first_places(FOUND)
 
 
 def test_the_documents_hold_commands() -> None:
-    sources = {src for src, _ in DOCUMENTED}
-    assert {"README.md", "configs/squad_v1_distilbert.yaml", "configs/accelerate/8gpu_zero3_fp16.yaml"} <= sources
+    sources = {src for src, _ in FOUND}
+    assert {"README.md", "docs/clusters.md", "docs/checkpoints.md", "docs/evaluation.md",
+            "configs/squad_v1_distilbert.yaml", "configs/accelerate/8gpu_zero3_fp16.yaml"} <= sources
     assert len(DOCUMENTED) >= 25
-    for _, command in DOCUMENTED:
+    for _, command in FOUND:
         assert COMMAND_START.match(command), f"not a command we know how to run: {command}"
         assert "CONFIG.yaml" not in command and "NPROC" not in command, f"a placeholder, not a command: {command}"
 
@@ -119,9 +140,9 @@ def train_main():
 
 
 def _offline(args: list[str], tiny: Path) -> list[str]:
-    """Hub names -> local tiny model and demo data (v2 files for a v2 config)."""
-    config = args[args.index("--config") + 1]
-    v2 = "v2" in Path(config).name
+    """Hub names -> local tiny model and demo data (v2 files for a v2 config or flag)."""
+    config = args[args.index("--config") + 1] if "--config" in args else ""
+    v2 = "v2" in Path(config).name or "--version_2_with_negative" in args
     train, dev = ("train_v2.json", "dev_v2.json") if v2 else ("train.json", "dev.json")
     return [*args, "--model_name_or_path", str(tiny), "--dataset_name", "null", "--train_file",
             str(DEMO_DATA / train), "--validation_file", str(DEMO_DATA / dev), "--preprocessing_num_workers",
@@ -212,6 +233,43 @@ def _saved_v2_evaluation(run_dir: Path) -> None:
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump({"version_2_with_negative": True}))
 
 
+@functools.cache
+def _make_venv_steps() -> tuple[set[str], set[tuple[str, ...]]]:
+    """What ``make venv`` runs: its other commands, and the arguments of each of its ``pip install`` calls."""
+    proc = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.strip().rstrip("\\").strip().rstrip(";") for line in proc.stdout.splitlines()}
+    pip_args = set()
+    for line in lines:
+        if " -m pip install " in line:
+            args = shlex.split(line.split(" -m pip install ", 1)[1].split("||")[0])
+            pip_args.add(tuple(a for a in args if a != "-q"))
+    return lines, pip_args
+
+
+def _check_install_step(tokens: list[str]) -> None:
+    """An install step written without make is one that ``make venv`` runs (the same pip arguments)."""
+    lines, pip_args = _make_venv_steps()
+    if tokens[0] == "source":
+        venv = next(line.split()[-1] for line in lines if " -m venv " in line)
+        assert tokens[1:] == [f"{venv}/bin/activate"], tokens
+    elif tokens[1:3] == ["-m", "venv"]:
+        assert shlex.join(tokens) in lines, f"make venv does not run {shlex.join(tokens)}: {sorted(lines)}"
+    else:
+        assert tokens[1:4] == ["-m", "pip", "install"], tokens
+        assert tuple(tokens[4:]) in pip_args, f"make venv installs with {sorted(pip_args)}, not {tokens[4:]}"
+
+
+def _check_help(train_main, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    for text in ("--learning_rate", "--output_dir", "--s3_uri", "training schedule:"):
+        assert text in out, text
+
+
 def _ids() -> list[str]:
     return [f"{src}: {cmd}" for src, cmd in DOCUMENTED]
 
@@ -229,7 +287,18 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
         env[key] = value
     if tokens[0] == "export":
         key, _, value = tokens[1].partition("=")
+        if key == "DS_ACCELERATOR":  # the install's setting for CPU machines, as the Makefile sets it
+            from deepspeed.accelerator.real_accelerator import SUPPORTED_ACCELERATOR_LIST
+
+            assert value in SUPPORTED_ACCELERATOR_LIST and "DS_ACCELERATOR" in (REPO / "Makefile").read_text()
+            return
         assert key.startswith("AWS_") and value  # settings for the S3 command after it, which runs below
+        return
+    if tokens[0] in ("source", "python3") or tokens[:3] == ["python", "-m", "pip"]:
+        _check_install_step(tokens)
+        return
+    if tokens[:3] == ["python", "train.py", "--help"]:
+        _check_help(train_main, capsys)
         return
     if tokens[0] == "make":
         proc = subprocess.run(["make", "-n", *tokens[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -299,14 +368,55 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     assert re.search(rf"world size +{world} process\(es\)", out), out[:2000]
 
 
-BENCH = sorted(set(re.findall(r"`(python bench/[^`]+)`", (REPO / "README.md").read_text())))
+def test_readme_run_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's YAML is a run config as written: every key known, every value accepted, files found."""
+    from qa.preflight.config_checks import load_and_check
+
+    (block,) = blocks("README.md", "yaml")
+    path = tmp_path / "run.yaml"
+    path.write_text(block)
+    monkeypatch.chdir(REPO)  # its paths are relative to the repository, where the README's commands run
+    cfg = load_and_check(["--config", str(path)]).to_dict()
+    written = yaml.safe_load(block)
+    assert {k: cfg[k] for k in written} == written
+    assert (REPO / cfg["deepspeed"]).is_file()
+
+
+def test_readme_data_line_is_training_data(tmp_path: Path) -> None:
+    """The README's JSONL line reads as a labelled training example whose answer_start points at its answer."""
+    from qa.data.formats import check_alignment, read_squad_file
+
+    (block,) = blocks("README.md", "json")
+    path = tmp_path / "train.jsonl"
+    path.write_text(block)
+    records = read_squad_file(path)
+    assert len(records) == len(block.strip().splitlines()) >= 1
+    assert check_alignment(records, str(path), skip=False, is_train=True) == (records, 0)
+
+
+@pytest.mark.parametrize("document", [d for d in DOCUMENTS if any("QuestionAnswerer" in b for b in blocks(d, "python"))])
+def test_documented_question_answerer_answers(document: str, tiny: Path) -> None:
+    """Each QuestionAnswerer example runs as written (the exported model replaced by a tiny one) and answers with
+    a span of its context."""
+    (block,) = [b for b in blocks(document, "python") if "QuestionAnswerer" in b]
+    code = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    code = [re.sub(r'from_pretrained\("[^"]+"', f'from_pretrained("{tiny}"', line) for line in code]
+    namespace: dict = {}
+    exec("\n".join(code[:-1]), namespace)
+    context = re.search(r'context="([^"]+)"', code[-1]).group(1)
+    answer = eval(code[-1].split("  #")[0], namespace)
+    assert {"answer", "score", "start", "end"} <= set(answer)
+    assert context[answer["start"]:answer["end"]] == answer["answer"]
+
+
+BENCH = sorted({c for d in DOCUMENTS for c in re.findall(r"`(python bench/[^`]+)`", (REPO / d).read_text())})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", BENCH)
 def test_readme_bench_commands_run(command: str) -> None:
-    """The benchmark invocations quoted in the README's prose, cut to one small timed step each."""
-    assert BENCH, "the README quotes the benchmark commands"
+    """The benchmark invocations quoted in the documents' prose, cut to one small timed step each."""
+    assert BENCH, "the documents quote the benchmark commands"
     tokens = shlex.split(command)
     proc = subprocess.run([sys.executable, *tokens[1:], "--steps", "1", "--warmup", "0", "--batch_size", "4"],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
