@@ -368,6 +368,32 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     assert re.search(rf"world size +{world} process\(es\)", out), out[:2000]
 
 
+# Pages written on other branches that the README already links; each must exist once its branch is merged.
+PAGES_FROM_OTHER_BRANCHES = {"docs/speed.md", "docs/troubleshooting.md", "docs/kubernetes.md", "docs/faults.md"}
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the headings of a markdown page."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_links_between_documents_resolve(document: str) -> None:
+    """Every relative link of README.md and docs/*.md names a page that exists and, with #anchor, its heading."""
+    source = REPO / document
+    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", source.read_text(), flags=re.S))
+    for link in (link for link in links if not re.match(r"[a-z]+:", link)):
+        target, _, anchor = link.partition("#")
+        page = (source.parent / target).resolve() if target else source
+        name = str(page.relative_to(REPO)) if page.is_relative_to(REPO) else str(page)
+        if name in PAGES_FROM_OTHER_BRANCHES and not page.exists():
+            continue
+        assert page.is_file(), f"{document}: link to a missing page: {link}"
+        if anchor and page.suffix == ".md":
+            assert anchor in _anchors(page), f"{document}: no heading for #{anchor} in {name}"
+
+
 def test_readme_run_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's YAML is a run config as written: every key known, every value accepted, files found."""
     from qa.preflight.config_checks import load_and_check
