@@ -368,6 +368,17 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     assert re.search(rf"world size +{world} process\(es\)", out), out[:2000]
 
 
+def test_readme_is_short_and_starts_with_its_title() -> None:
+    """A newcomer's page: the title first, about 250 lines at most; reference material lives in docs/*.md."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert lines[0].startswith("# "), lines[0]
+    assert len(lines) <= 260, f"README.md has {len(lines)} lines; move reference material to docs/*.md"
+    headings = [line for line in lines if line.startswith("## ")]
+    for section in ("## Two commands", "## Installing without make", "## How a run flows", "## Layout",
+                    "## Configuration", "## Troubleshooting"):
+        assert section in headings, section
+
+
 # Pages written on other branches that the README already links; each must exist once its branch is merged.
 PAGES_FROM_OTHER_BRANCHES = {"docs/speed.md", "docs/troubleshooting.md", "docs/kubernetes.md", "docs/faults.md"}
 
