@@ -2,9 +2,9 @@
 
 Commands are the lines of the ```bash blocks of README.md and docs/*.md and the ``#   command`` lines at the top
 of configs/*.yaml and configs/accelerate/*.yaml (a trailing backslash continues a line). A command written in
-several places is one test case, named after the first place (README, then docs, then configs). The README's
-```yaml run config loads, its ```json data line reads as training data, and its ```python QuestionAnswerer
-example answers. What it takes to run them on a 2-core machine without GPUs or internet:
+several places is one test case, named after the first place (README, then docs, then configs); the rest of
+what the documents say is checked in test_documents.py. What it takes to run them on a 2-core machine without
+GPUs or internet:
 
 * GPU and cluster launches run as dry runs (``--dry_run`` appended) of train.py, in this process, with the
   environment that launcher gives its workers and the world size it plans for. For ``accelerate launch`` that
@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 import yaml
 
+from documents import DOCUMENTS, blocks
 from fixtures import DEMO_DATA, REPO, make_tiny_model
 
 LAUNCHER_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_CONFIG_DS_FIELDS",
@@ -51,7 +52,6 @@ LAUNCHER_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", 
                 "ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 COMMAND_START = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:launch/|accelerate |python3? |sbatch |make |export |torchrun |source )")
-DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
 def _joined(lines: list[str]) -> Iterator[str]:
@@ -66,10 +66,6 @@ def _joined(lines: list[str]) -> Iterator[str]:
 
 def _strip_comment(line: str) -> str:
     return re.sub(r"\s+#\s.*$", "", line).strip()
-
-
-def blocks(document: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", (REPO / document).read_text(), re.S)
 
 
 def document_commands() -> list[tuple[str, str]]:
@@ -270,6 +266,64 @@ def _check_help(train_main, capsys: pytest.CaptureFixture) -> None:
         assert text in out, text
 
 
+def _run_eval(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m qa.eval`` on a saved v2 evaluation built here, in place of the documented output_dir."""
+    from qa.eval.cli import main as eval_main
+
+    run_dir = tmp_path / Path(args[args.index("--output_dir") + 1]).name
+    _saved_v2_evaluation(run_dir)
+    args[args.index("--output_dir") + 1] = str(run_dir)
+    assert eval_main(args) == 0, capsys.readouterr().err
+    assert "HasAns_exact" in capsys.readouterr().out
+
+
+def _run_predict(args: list[str], tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m qa.predict`` on the tiny model (the exported model), with a question file written here."""
+    from qa.predict.cli import main as predict_main
+
+    args[args.index("--model_name_or_path") + 1] = str(tiny)
+    if "--input" in args:
+        questions = tmp_path / "questions.jsonl"
+        questions.write_text(json.dumps({"id": "q1", "question": "Who built the mill?",
+                                         "context": "The miller built the mill by the river."}) + "\n")
+        args[args.index("--input") + 1] = str(questions)
+        args[args.index("--output") + 1] = str(tmp_path / "preds" / "predictions.json")
+        assert predict_main(args) == 0, capsys.readouterr().err
+        assert "q1" in json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    else:
+        assert predict_main(args) == 0, capsys.readouterr().err
+        answer = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert {"answer", "score", "start", "end"} <= set(answer)
+
+
+def _checked_without_training(tokens: list[str], tiny: Path, train_main, tmp_path: Path,
+                              capsys: pytest.CaptureFixture) -> bool:
+    """Checks a command that is not a training launch; False for a training launch."""
+    if tokens[0] == "export":
+        key, _, value = tokens[1].partition("=")
+        if key == "DS_ACCELERATOR":  # the install's setting for CPU machines, as the Makefile sets it
+            from deepspeed.accelerator.real_accelerator import SUPPORTED_ACCELERATOR_LIST
+
+            assert value in SUPPORTED_ACCELERATOR_LIST and "DS_ACCELERATOR" in (REPO / "Makefile").read_text()
+        else:
+            assert key.startswith("AWS_") and value  # settings for the S3 command after it, which runs below
+    elif tokens[0] in ("source", "python3") or tokens[:3] == ["python", "-m", "pip"]:
+        _check_install_step(tokens)
+    elif tokens[:3] == ["python", "train.py", "--help"]:
+        _check_help(train_main, capsys)
+    elif tokens[0] == "make":
+        proc = subprocess.run(["make", "-n", *tokens[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert {"demo": "tools/demo.py", "test": "pytest"}[tokens[1]] in proc.stdout
+    elif tokens[:3] == ["python", "-m", "qa.eval"]:
+        _run_eval(tokens[3:], tmp_path, capsys)
+    elif tokens[:3] == ["python", "-m", "qa.predict"]:
+        _run_predict(tokens[3:], tiny, tmp_path, capsys)
+    else:
+        return False
+    return True
+
+
 def _ids() -> list[str]:
     return [f"{src}: {cmd}" for src, cmd in DOCUMENTED]
 
@@ -285,56 +339,8 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     while "=" in tokens[0] and not tokens[0].startswith("-"):  # VAR=value prefixes
         key, _, value = tokens.pop(0).partition("=")
         env[key] = value
-    if tokens[0] == "export":
-        key, _, value = tokens[1].partition("=")
-        if key == "DS_ACCELERATOR":  # the install's setting for CPU machines, as the Makefile sets it
-            from deepspeed.accelerator.real_accelerator import SUPPORTED_ACCELERATOR_LIST
-
-            assert value in SUPPORTED_ACCELERATOR_LIST and "DS_ACCELERATOR" in (REPO / "Makefile").read_text()
-            return
-        assert key.startswith("AWS_") and value  # settings for the S3 command after it, which runs below
+    if _checked_without_training(tokens, tiny, train_main, tmp_path, capsys):
         return
-    if tokens[0] in ("source", "python3") or tokens[:3] == ["python", "-m", "pip"]:
-        _check_install_step(tokens)
-        return
-    if tokens[:3] == ["python", "train.py", "--help"]:
-        _check_help(train_main, capsys)
-        return
-    if tokens[0] == "make":
-        proc = subprocess.run(["make", "-n", *tokens[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        assert {"demo": "tools/demo.py", "test": "pytest"}[tokens[1]] in proc.stdout
-        return
-    if tokens[:3] == ["python", "-m", "qa.eval"]:
-        from qa.eval.cli import main as eval_main
-
-        args = tokens[3:]
-        run_dir = tmp_path / Path(args[args.index("--output_dir") + 1]).name
-        _saved_v2_evaluation(run_dir)
-        args[args.index("--output_dir") + 1] = str(run_dir)
-        assert eval_main(args) == 0, capsys.readouterr().err
-        assert "HasAns_exact" in capsys.readouterr().out
-        return
-
-    if tokens[:3] == ["python", "-m", "qa.predict"]:
-        from qa.predict.cli import main as predict_main
-
-        args = tokens[3:]
-        args[args.index("--model_name_or_path") + 1] = str(tiny)  # the exported model, here a tiny one
-        if "--input" in args:
-            questions = tmp_path / "questions.jsonl"
-            questions.write_text(json.dumps({"id": "q1", "question": "Who built the mill?",
-                                             "context": "The miller built the mill by the river."}) + "\n")
-            args[args.index("--input") + 1] = str(questions)
-            args[args.index("--output") + 1] = str(tmp_path / "preds" / "predictions.json")
-            assert predict_main(args) == 0, capsys.readouterr().err
-            assert "q1" in json.loads((tmp_path / "preds" / "predictions.json").read_text())
-        else:
-            assert predict_main(args) == 0, capsys.readouterr().err
-            answer = json.loads(capsys.readouterr().out.splitlines()[0])
-            assert {"answer", "score", "start", "end"} <= set(answer)
-        return
-
     # A training launch: what each worker would get, then train.py's dry run as rank 0 of that launch.
     if tokens[0] in ("launch/local.sh", "launch/torchrun.sh"):
         tokens = _echoed(tokens[0], tokens[1:], tmp_path)[1:]  # without the python executable
@@ -366,84 +372,6 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     out, err = capsys.readouterr()
     assert rc == 0, f"{source}: {command}\n{err[-3000:]}"
     assert re.search(rf"world size +{world} process\(es\)", out), out[:2000]
-
-
-def test_readme_is_short_and_starts_with_its_title() -> None:
-    """A newcomer's page: the title first, about 250 lines at most; reference material lives in docs/*.md."""
-    lines = (REPO / "README.md").read_text().splitlines()
-    assert lines[0].startswith("# "), lines[0]
-    assert len(lines) <= 260, f"README.md has {len(lines)} lines; move reference material to docs/*.md"
-    headings = [line for line in lines if line.startswith("## ")]
-    for section in ("## Two commands", "## Installing without make", "## How a run flows", "## Layout",
-                    "## Configuration", "## Troubleshooting"):
-        assert section in headings, section
-
-
-# Pages written on other branches that the README already links; each must exist once its branch is merged.
-PAGES_FROM_OTHER_BRANCHES = {"docs/speed.md", "docs/troubleshooting.md", "docs/kubernetes.md", "docs/faults.md"}
-
-
-def _anchors(page: Path) -> set[str]:
-    """GitHub's anchors for the headings of a markdown page."""
-    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
-
-
-@pytest.mark.parametrize("document", DOCUMENTS)
-def test_links_between_documents_resolve(document: str) -> None:
-    """Every relative link of README.md and docs/*.md names a page that exists and, with #anchor, its heading."""
-    source = REPO / document
-    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", source.read_text(), flags=re.S))
-    for link in (link for link in links if not re.match(r"[a-z]+:", link)):
-        target, _, anchor = link.partition("#")
-        page = (source.parent / target).resolve() if target else source
-        name = str(page.relative_to(REPO)) if page.is_relative_to(REPO) else str(page)
-        if name in PAGES_FROM_OTHER_BRANCHES and not page.exists():
-            continue
-        assert page.is_file(), f"{document}: link to a missing page: {link}"
-        if anchor and page.suffix == ".md":
-            assert anchor in _anchors(page), f"{document}: no heading for #{anchor} in {name}"
-
-
-def test_readme_run_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's YAML is a run config as written: every key known, every value accepted, files found."""
-    from qa.preflight.config_checks import load_and_check
-
-    (block,) = blocks("README.md", "yaml")
-    path = tmp_path / "run.yaml"
-    path.write_text(block)
-    monkeypatch.chdir(REPO)  # its paths are relative to the repository, where the README's commands run
-    cfg = load_and_check(["--config", str(path)]).to_dict()
-    written = yaml.safe_load(block)
-    assert {k: cfg[k] for k in written} == written
-    assert (REPO / cfg["deepspeed"]).is_file()
-
-
-def test_readme_data_line_is_training_data(tmp_path: Path) -> None:
-    """The README's JSONL line reads as a labelled training example whose answer_start points at its answer."""
-    from qa.data.formats import check_alignment, read_squad_file
-
-    (block,) = blocks("README.md", "json")
-    path = tmp_path / "train.jsonl"
-    path.write_text(block)
-    records = read_squad_file(path)
-    assert len(records) == len(block.strip().splitlines()) >= 1
-    assert check_alignment(records, str(path), skip=False, is_train=True) == (records, 0)
-
-
-@pytest.mark.parametrize("document", [d for d in DOCUMENTS if any("QuestionAnswerer" in b for b in blocks(d, "python"))])
-def test_documented_question_answerer_answers(document: str, tiny: Path) -> None:
-    """Each QuestionAnswerer example runs as written (the exported model replaced by a tiny one) and answers with
-    a span of its context."""
-    (block,) = [b for b in blocks(document, "python") if "QuestionAnswerer" in b]
-    code = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    code = [re.sub(r'from_pretrained\("[^"]+"', f'from_pretrained("{tiny}"', line) for line in code]
-    namespace: dict = {}
-    exec("\n".join(code[:-1]), namespace)
-    context = re.search(r'context="([^"]+)"', code[-1]).group(1)
-    answer = eval(code[-1].split("  #")[0], namespace)
-    assert {"answer", "score", "start", "end"} <= set(answer)
-    assert context[answer["start"]:answer["end"]] == answer["answer"]
 
 
 BENCH = sorted({c for d in DOCUMENTS for c in re.findall(r"`(python bench/[^`]+)`", (REPO / d).read_text())})
