@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU check, run in a single device call (see the README's "Performance" notes): fp16 training of a
+# One short GPU check, run in a single device call (see docs/throughput.md): fp16 training of a
 # distilbert-base-sized QA model (random weights, built from its config: nothing loads from the Hub) under
 # DeepSpeed ZeRO-2 and ZeRO-3 on one GPU with the demo data, then bench/train_throughput.py in fp16.
 # Needs: wheels of what the GPU image lacks in .whl/ (deepspeed, datasets and their needs) and a tokenizer

@@ -1,8 +1,10 @@
-"""Every command in the README and in the config headers runs.
+"""Every command in the README, in docs/*.md and in the config headers runs.
 
-Commands are the lines of the README's ```bash blocks and the ``#   command`` lines at the top of configs/*.yaml
-and configs/accelerate/*.yaml (a trailing backslash continues a line). Each one is a test case below; what it
-takes to run them on a 2-core machine without GPUs or internet:
+Commands are the lines of the ```bash blocks of README.md and docs/*.md and the ``#   command`` lines at the top
+of configs/*.yaml and configs/accelerate/*.yaml (a trailing backslash continues a line). A command written in
+several places is one test case, named after the first place (README, then docs, then configs); the rest of
+what the documents say is checked in test_documents.py. What it takes to run them on a 2-core machine without
+GPUs or internet:
 
 * GPU and cluster launches run as dry runs (``--dry_run`` appended) of train.py, in this process, with the
   environment that launcher gives its workers and the world size it plans for. For ``accelerate launch`` that
@@ -16,12 +18,16 @@ takes to run them on a 2-core machine without GPUs or internet:
   data/demo files, and preprocessing_num_workers by 1 (8 tokenizer processes on 2 cores for 300 examples).
 * make targets run as ``make -n`` (``make test`` would run this test, ``make demo`` takes minutes);
   ``export`` lines are environment settings, applied to the command that follows them.
+* The install steps written without make (venv, ``pip install``) must be steps of ``make venv``: they are
+  compared with ``make -n -B .venv/.installed``, not run (an install takes minutes and the network).
+* ``python train.py --help`` runs in this process.
 * ``python -m qa.eval`` runs on a saved v2 evaluation built here, its output_dir replaced; ``python -m
   qa.predict`` on the tiny model, with a question file written here.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -38,13 +44,14 @@ import numpy as np
 import pytest
 import yaml
 
+from documents import DOCUMENTS, blocks
 from fixtures import DEMO_DATA, REPO, make_tiny_model
 
 LAUNCHER_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_CONFIG_DS_FIELDS",
                 "ACCELERATE_DEEPSPEED_ZERO3_INIT", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL",
                 "ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-COMMAND_START = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:launch/|accelerate |python |sbatch |make |export |torchrun )")
+COMMAND_START = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:launch/|accelerate |python3? |sbatch |make |export |torchrun |source )")
 
 
 def _joined(lines: list[str]) -> Iterator[str]:
@@ -61,12 +68,12 @@ def _strip_comment(line: str) -> str:
     return re.sub(r"\s+#\s.*$", "", line).strip()
 
 
-def readme_commands() -> list[tuple[str, str]]:
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+def document_commands() -> list[tuple[str, str]]:
     out = []
-    for block in blocks:
-        lines = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
-        out += [("README.md", _strip_comment(c)) for c in _joined(lines) if _strip_comment(c)]
+    for document in DOCUMENTS:
+        for block in blocks(document, "bash"):
+            lines = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
+            out += [(document, _strip_comment(c)) for c in _joined(lines) if _strip_comment(c)]
     return out
 
 
@@ -84,14 +91,24 @@ def config_commands() -> list[tuple[str, str]]:
     return out
 
 
-DOCUMENTED = readme_commands() + config_commands()
+def _first_places(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each command once, with the first place that writes it: the same command runs the same way anywhere."""
+    seen: dict[str, str] = {}
+    for source, command in found:
+        seen.setdefault(command, source)
+    return [(source, command) for command, source in seen.items()]
+
+
+FOUND = document_commands() + config_commands()
+DOCUMENTED = _first_places(FOUND)
 
 
 def test_the_documents_hold_commands() -> None:
-    sources = {src for src, _ in DOCUMENTED}
-    assert {"README.md", "configs/squad_v1_distilbert.yaml", "configs/accelerate/8gpu_zero3_fp16.yaml"} <= sources
+    sources = {src for src, _ in FOUND}
+    assert {"README.md", "docs/clusters.md", "docs/checkpoints.md", "docs/evaluation.md",
+            "configs/squad_v1_distilbert.yaml", "configs/accelerate/8gpu_zero3_fp16.yaml"} <= sources
     assert len(DOCUMENTED) >= 25
-    for _, command in DOCUMENTED:
+    for _, command in FOUND:
         assert COMMAND_START.match(command), f"not a command we know how to run: {command}"
         assert "CONFIG.yaml" not in command and "NPROC" not in command, f"a placeholder, not a command: {command}"
 
@@ -119,9 +136,9 @@ def train_main():
 
 
 def _offline(args: list[str], tiny: Path) -> list[str]:
-    """Hub names -> local tiny model and demo data (v2 files for a v2 config)."""
-    config = args[args.index("--config") + 1]
-    v2 = "v2" in Path(config).name
+    """Hub names -> local tiny model and demo data (v2 files for a v2 config or flag)."""
+    config = args[args.index("--config") + 1] if "--config" in args else ""
+    v2 = "v2" in Path(config).name or "--version_2_with_negative" in args
     train, dev = ("train_v2.json", "dev_v2.json") if v2 else ("train.json", "dev.json")
     return [*args, "--model_name_or_path", str(tiny), "--dataset_name", "null", "--train_file",
             str(DEMO_DATA / train), "--validation_file", str(DEMO_DATA / dev), "--preprocessing_num_workers",
@@ -212,6 +229,101 @@ def _saved_v2_evaluation(run_dir: Path) -> None:
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump({"version_2_with_negative": True}))
 
 
+@functools.cache
+def _make_venv_steps() -> tuple[set[str], set[tuple[str, ...]]]:
+    """What ``make venv`` runs: its other commands, and the arguments of each of its ``pip install`` calls."""
+    proc = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.strip().rstrip("\\").strip().rstrip(";") for line in proc.stdout.splitlines()}
+    pip_args = set()
+    for line in lines:
+        if " -m pip install " in line:
+            args = shlex.split(line.split(" -m pip install ", 1)[1].split("||")[0])
+            pip_args.add(tuple(a for a in args if a != "-q"))
+    return lines, pip_args
+
+
+def _check_install_step(tokens: list[str]) -> None:
+    """An install step written without make is one that ``make venv`` runs (the same pip arguments)."""
+    lines, pip_args = _make_venv_steps()
+    if tokens[0] == "source":
+        venv = next(line.split()[-1] for line in lines if " -m venv " in line)
+        assert tokens[1:] == [f"{venv}/bin/activate"], tokens
+    elif tokens[1:3] == ["-m", "venv"]:
+        assert shlex.join(tokens) in lines, f"make venv does not run {shlex.join(tokens)}: {sorted(lines)}"
+    else:
+        assert tokens[1:4] == ["-m", "pip", "install"], tokens
+        assert tuple(tokens[4:]) in pip_args, f"make venv installs with {sorted(pip_args)}, not {tokens[4:]}"
+
+
+def _check_help(train_main, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    for text in ("--learning_rate", "--output_dir", "--s3_uri", "training schedule:"):
+        assert text in out, text
+
+
+def _run_eval(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m qa.eval`` on a saved v2 evaluation built here, in place of the documented output_dir."""
+    from qa.eval.cli import main as eval_main
+
+    run_dir = tmp_path / Path(args[args.index("--output_dir") + 1]).name
+    _saved_v2_evaluation(run_dir)
+    args[args.index("--output_dir") + 1] = str(run_dir)
+    assert eval_main(args) == 0, capsys.readouterr().err
+    assert "HasAns_exact" in capsys.readouterr().out
+
+
+def _run_predict(args: list[str], tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m qa.predict`` on the tiny model (the exported model), with a question file written here."""
+    from qa.predict.cli import main as predict_main
+
+    args[args.index("--model_name_or_path") + 1] = str(tiny)
+    if "--input" in args:
+        questions = tmp_path / "questions.jsonl"
+        questions.write_text(json.dumps({"id": "q1", "question": "Who built the mill?",
+                                         "context": "The miller built the mill by the river."}) + "\n")
+        args[args.index("--input") + 1] = str(questions)
+        args[args.index("--output") + 1] = str(tmp_path / "preds" / "predictions.json")
+        assert predict_main(args) == 0, capsys.readouterr().err
+        assert "q1" in json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    else:
+        assert predict_main(args) == 0, capsys.readouterr().err
+        answer = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert {"answer", "score", "start", "end"} <= set(answer)
+
+
+def _checked_without_training(tokens: list[str], tiny: Path, train_main, tmp_path: Path,
+                              capsys: pytest.CaptureFixture) -> bool:
+    """Checks a command that is not a training launch; False for a training launch."""
+    if tokens[0] == "export":
+        key, _, value = tokens[1].partition("=")
+        if key == "DS_ACCELERATOR":  # the install's setting for CPU machines, as the Makefile sets it
+            from deepspeed.accelerator.real_accelerator import SUPPORTED_ACCELERATOR_LIST
+
+            assert value in SUPPORTED_ACCELERATOR_LIST and "DS_ACCELERATOR" in (REPO / "Makefile").read_text()
+        else:
+            assert key.startswith("AWS_") and value  # settings for the S3 command after it, which runs below
+    elif tokens[0] in ("source", "python3") or tokens[:3] == ["python", "-m", "pip"]:
+        _check_install_step(tokens)
+    elif tokens[:3] == ["python", "train.py", "--help"]:
+        _check_help(train_main, capsys)
+    elif tokens[0] == "make":
+        proc = subprocess.run(["make", "-n", *tokens[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert {"demo": "tools/demo.py", "test": "pytest"}[tokens[1]] in proc.stdout
+    elif tokens[:3] == ["python", "-m", "qa.eval"]:
+        _run_eval(tokens[3:], tmp_path, capsys)
+    elif tokens[:3] == ["python", "-m", "qa.predict"]:
+        _run_predict(tokens[3:], tiny, tmp_path, capsys)
+    else:
+        return False
+    return True
+
+
 def _ids() -> list[str]:
     return [f"{src}: {cmd}" for src, cmd in DOCUMENTED]
 
@@ -227,45 +339,8 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     while "=" in tokens[0] and not tokens[0].startswith("-"):  # VAR=value prefixes
         key, _, value = tokens.pop(0).partition("=")
         env[key] = value
-    if tokens[0] == "export":
-        key, _, value = tokens[1].partition("=")
-        assert key.startswith("AWS_") and value  # settings for the S3 command after it, which runs below
+    if _checked_without_training(tokens, tiny, train_main, tmp_path, capsys):
         return
-    if tokens[0] == "make":
-        proc = subprocess.run(["make", "-n", *tokens[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        assert {"demo": "tools/demo.py", "test": "pytest"}[tokens[1]] in proc.stdout
-        return
-    if tokens[:3] == ["python", "-m", "qa.eval"]:
-        from qa.eval.cli import main as eval_main
-
-        args = tokens[3:]
-        run_dir = tmp_path / Path(args[args.index("--output_dir") + 1]).name
-        _saved_v2_evaluation(run_dir)
-        args[args.index("--output_dir") + 1] = str(run_dir)
-        assert eval_main(args) == 0, capsys.readouterr().err
-        assert "HasAns_exact" in capsys.readouterr().out
-        return
-
-    if tokens[:3] == ["python", "-m", "qa.predict"]:
-        from qa.predict.cli import main as predict_main
-
-        args = tokens[3:]
-        args[args.index("--model_name_or_path") + 1] = str(tiny)  # the exported model, here a tiny one
-        if "--input" in args:
-            questions = tmp_path / "questions.jsonl"
-            questions.write_text(json.dumps({"id": "q1", "question": "Who built the mill?",
-                                             "context": "The miller built the mill by the river."}) + "\n")
-            args[args.index("--input") + 1] = str(questions)
-            args[args.index("--output") + 1] = str(tmp_path / "preds" / "predictions.json")
-            assert predict_main(args) == 0, capsys.readouterr().err
-            assert "q1" in json.loads((tmp_path / "preds" / "predictions.json").read_text())
-        else:
-            assert predict_main(args) == 0, capsys.readouterr().err
-            answer = json.loads(capsys.readouterr().out.splitlines()[0])
-            assert {"answer", "score", "start", "end"} <= set(answer)
-        return
-
     # A training launch: what each worker would get, then train.py's dry run as rank 0 of that launch.
     if tokens[0] in ("launch/local.sh", "launch/torchrun.sh"):
         tokens = _echoed(tokens[0], tokens[1:], tmp_path)[1:]  # without the python executable
@@ -299,14 +374,14 @@ def test_documented_command_runs(index: int, tiny: Path, train_main, tmp_path: P
     assert re.search(rf"world size +{world} process\(es\)", out), out[:2000]
 
 
-BENCH = sorted(set(re.findall(r"`(python bench/[^`]+)`", (REPO / "README.md").read_text())))
+BENCH = sorted({c for d in DOCUMENTS for c in re.findall(r"`(python bench/[^`]+)`", (REPO / d).read_text())})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", BENCH)
 def test_readme_bench_commands_run(command: str) -> None:
-    """The benchmark invocations quoted in the README's prose, cut to one small timed step each."""
-    assert BENCH, "the README quotes the benchmark commands"
+    """The benchmark invocations quoted in the documents' prose, cut to one small timed step each."""
+    assert BENCH, "the documents quote the benchmark commands"
     tokens = shlex.split(command)
     proc = subprocess.run([sys.executable, *tokens[1:], "--steps", "1", "--warmup", "0", "--batch_size", "4"],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""The README names the files qa.predict and the evaluation write as they are written (qa.eval.outputs)."""
+"""The documents name the files qa.predict and the evaluation write as they are written (qa.eval.outputs)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 from qa.eval.outputs import companion_paths
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+REPO = Path(__file__).resolve().parents[3]
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def test_every_output_name_mapping_in_the_readme_is_what_is_written() -> None:
-    text = " ".join(README.read_text().split())
+    text = " ".join(" ".join(p.read_text().split()) for p in DOCUMENTS)
     pairs = re.findall(r"`([\w.]+\.json)` -> `([\w.]+\.json)`", text)
     assert ("X.json", "X_nbest.json") in pairs  # qa.predict --output p.json writes p_nbest.json
     for given, nbest in pairs:
