@@ -29,12 +29,13 @@ from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 
 def run(cfg: Config) -> int:
     accelerator = setup.connect(cfg)  # accelerator; data files, model config and tokenizer checked
+    store = setup.open_storage(cfg.storage, accelerator)  # S3 or shared directory, checked on every node
     startup.mark("setup")
     data = setup.prepare_data(cfg, accelerator)  # examples -> cached windows (train, eval, test)
     startup.mark("data")
     # Every input check is done: nothing was written before this line.
     steps = setup.planned_steps(cfg, accelerator, data)
-    session = setup.start(cfg, accelerator, steps)  # output_dir claim, storage, resume, tracker
+    session = setup.start(cfg, accelerator, store, steps)  # output_dir claim, storage, resume, tracker
     if session is None:
         return 0  # resumed a run that had already finished: said so, changed nothing
     weights = setup.load_weights(cfg.model, session, cfg.run.output_dir)  # unreadable: undone, one line

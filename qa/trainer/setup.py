@@ -104,7 +104,8 @@ def planned_steps(cfg: Config, acc: Accelerator, data: Data) -> int | None:
     return cfg.schedule.total_steps(len(data.train) // cfg.batch.global_batch(acc.num_processes))[0]
 
 
-def start(cfg: Config, accelerator: Accelerator, total_steps: int | None = None) -> Session | None:
+def start(cfg: Config, accelerator: Accelerator, store: Store | None,
+          total_steps: int | None = None) -> Session | None:
     """Output_dir claim, storage, checkpoint to resume from, then the tracker: after every input check
     (``connect``, ``prepare_data``, ``load_weights``). None: the checkpoint to resume is the end of a finished run
     (``total_steps`` reached, final/ exported); that is said once and nothing is changed.
@@ -119,7 +120,7 @@ def start(cfg: Config, accelerator: Accelerator, total_steps: int | None = None)
     claim_output_dir(output_dir_use(cfg), accelerator)  # first write: refuse another run's or a live run's dir
     config_yaml = save_config_text(cfg)
     try:
-        store, uploader = _storage(cfg.storage, accelerator)
+        uploader = _uploader(store, cfg.storage, accelerator)
         checkpointer = build_checkpointer(cfg, accelerator, store, uploader, config_yaml=config_yaml)
         resume_path = checkpointer.resolve(cfg.checkpoint.resume_from_checkpoint)
         check_resume_target(cfg.schedule.max_train_steps, resume_path, accelerator)  # not past max_train_steps
@@ -182,15 +183,16 @@ def check_data(cfg: Config) -> None:
                                      require_answers=split != "test")
 
 
-def _storage(settings: StorageSettings,
-             accelerator: Accelerator) -> tuple[Store | None, BackgroundUploader | None]:
-    """The store, checked at start-up by rank 0 and then by every other node (bad credentials or a missing bucket
-    fail before training), and this node's uploader."""
+def open_storage(settings: StorageSettings, accelerator: Accelerator) -> Store | None:
+    """The store, checked by rank 0 and then by every other node: bad credentials or a missing bucket fail here,
+    before any data work and before anything is written.
+
+    Collective: every rank calls it.
+    """
     if settings.store_uri is None:
-        return None, None
+        return None
     from qa.checkpoint.backends import open_store
     from qa.checkpoint.store import StorageError
-    from qa.checkpoint.uploader import BackgroundUploader
 
     try:
         store = open_store(settings.store_uri, sse=settings.s3_sse, sse_kms_key_id=settings.s3_sse_kms_key_id,
@@ -218,10 +220,16 @@ def _storage(settings: StorageSettings,
             error = ConfigError(f"s3_uri: {'; '.join(problems)}")
             error.reported_by_rank_zero = not accelerator.is_main_process  # type: ignore[attr-defined]
             raise error
-    # Each node publishes its own ranks' checkpoint files (qa.checkpoint.parts): one uploader per node.
-    uploader = (BackgroundUploader(store, deadline_s=settings.s3_upload_timeout) if accelerator.is_local_main_process
-                else None)
-    return store, uploader
+    return store
+
+
+def _uploader(store: Store | None, settings: StorageSettings, accelerator: Accelerator) -> BackgroundUploader | None:
+    """Each node publishes its own ranks' checkpoint files (qa.checkpoint.parts): one uploader per node."""
+    if store is None or not accelerator.is_local_main_process:
+        return None
+    from qa.checkpoint.uploader import BackgroundUploader
+
+    return BackgroundUploader(store, deadline_s=settings.s3_upload_timeout)
 
 
 def prepare_data(cfg: Config, acc: Accelerator) -> Data:

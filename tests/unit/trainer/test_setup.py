@@ -8,7 +8,7 @@ import pytest
 
 from qa.checkpoint.settings import StorageSettings
 from qa.errors import ConfigError
-from qa.trainer.setup import _storage
+from qa.trainer.setup import open_storage
 
 
 @pytest.mark.parametrize(("uri", "sse", "named"), [
@@ -23,7 +23,7 @@ def test_a_location_the_backend_refuses_is_a_config_error_before_any_rank_is_ask
     # that no rank was involved yet.
     no_accelerator: Any = object()
     with pytest.raises(ConfigError) as err:
-        _storage(settings, no_accelerator)
+        open_storage(settings, no_accelerator)
     message = str(err.value)
     assert message.startswith("s3_uri: ") and named in message and "\n" not in message
     assert err.value.__cause__ is None and err.value.__suppress_context__
