@@ -251,7 +251,7 @@ def test_dry_run_from_another_directory(tmp_path: Path) -> None:
         [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo_cpu.yaml"), "--dry_run",
          "--model_name_or_path", str(tiny), "--train_file", TRAIN, "--validation_file", DEV,
          "--output_dir", str(tmp_path / "out"), "--mixed_precision", "no", "--report_to", "none",
-         "--num_warmup_steps", "0", "--warmup_ratio", "0.1"],
+         "--num_warmup_steps", "0", "--warmup_ratio", "0.1", "--num_train_epochs", "4"],
         cwd=work, env=base_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"DeepSpeed ZeRO-2 from {ZERO2}" in proc.stdout
