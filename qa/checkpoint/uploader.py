@@ -54,10 +54,8 @@ class BackgroundUploader:
         self.store = store
         # How long work that waits on other nodes goes on waiting once later work is queued behind it.
         self.superseded_wait_s = superseded_wait_s
-        self.deadline_s = deadline_s
-        self.max_attempts = max_attempts
-        self.base_delay_s = base_delay_s
-        self.max_delay_s = max_delay_s
+        self.deadline_s, self.max_attempts = deadline_s, max_attempts
+        self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s  # retry back-off bounds
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._failed: list[str] = []

@@ -9,6 +9,7 @@ one field in its section, plus its test. Key names are unique across sections (u
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,18 +27,18 @@ from qa.tracking.settings import TrackingSettings
 
 @dataclass(frozen=True)
 class Config:
-    run: RunSettings = dataclasses.field(default_factory=RunSettings)
-    model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
-    data: DataSettings = dataclasses.field(default_factory=DataSettings)
-    batch: BatchSettings = dataclasses.field(default_factory=BatchSettings)
-    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
-    schedule: ScheduleSettings = dataclasses.field(default_factory=ScheduleSettings)
-    eval: EvalSettings = dataclasses.field(default_factory=EvalSettings)
-    distributed: DistributedSettings = dataclasses.field(default_factory=DistributedSettings)
-    checkpoint: CheckpointSettings = dataclasses.field(default_factory=CheckpointSettings)
-    storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
-    preemption: PreemptionSettings = dataclasses.field(default_factory=PreemptionSettings)
-    tracking: TrackingSettings = dataclasses.field(default_factory=TrackingSettings)
+    run: RunSettings
+    model: ModelSettings
+    data: DataSettings
+    batch: BatchSettings
+    optimizer: OptimizerSettings
+    schedule: ScheduleSettings
+    eval: EvalSettings
+    distributed: DistributedSettings
+    checkpoint: CheckpointSettings
+    storage: StorageSettings
+    preemption: PreemptionSettings
+    tracking: TrackingSettings
 
     def to_dict(self) -> dict[str, Any]:
         """Every key, flat, as users write them (run_config.yaml, the tracker's config)."""
@@ -65,7 +66,7 @@ class Config:
 
 
 # section attribute -> its class, in --help order
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()}
 # key -> the section that declares it
 KEY_SECTION: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
