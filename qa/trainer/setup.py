@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pickle
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ from qa.model.checks import check_model
 from qa.model.optim import build_optimizer, build_scheduler
 from qa.model.settings import ModelSettings
 from qa.preflight.config_checks import output_dir_use
+from qa.tracking.tracker import RUN_ID_FILENAME
 from qa.trainer.export import export_model
 from qa.trainer.parts import Data, EvalSet, Model, Session, StepPlan
 
@@ -301,7 +303,9 @@ def load_weights(settings: ModelSettings, session: Session, output_dir: str) -> 
     """
     try:
         return load_model(settings)
-    except (OSError, ValueError, RuntimeError) as e:
+    # torch.load refuses a damaged .bin with an UnpicklingError (or EOFError when it is cut short), safetensors
+    # with a ValueError/OSError: all of them the user's file, not our bug.
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         _undo_start(session, output_dir)
         raise ConfigError(f"model_name_or_path: the weights of {settings.model_name_or_path} cannot be loaded: "
@@ -309,13 +313,13 @@ def load_weights(settings: ModelSettings, session: Session, output_dir: str) -> 
 
 
 def _undo_start(session: Session, output_dir: str) -> None:
-    """The tracker closed and, for a fresh run, run_config.yaml and the lock gone (a resumed run's directory
-    keeps what its earlier runs wrote)."""
+    """The tracker closed and, for a fresh run, what start() wrote gone: run_config.yaml, metrics.jsonl, the
+    tracker's run id and the lock (a resumed run's directory keeps what its earlier runs wrote)."""
     session.tracker.finish()
     session.preemption.uninstall()
     if session.accelerator.is_main_process and session.resume_path is None:
-        (Path(output_dir) / "run_config.yaml").unlink(missing_ok=True)
-        (Path(output_dir) / "metrics.jsonl").unlink(missing_ok=True)
+        for name in ("run_config.yaml", "metrics.jsonl", RUN_ID_FILENAME):
+            (Path(output_dir) / name).unlink(missing_ok=True)
         abandon(output_dir)
 
 

@@ -76,3 +76,24 @@ def test_plain_accelerate_launch_refusal_is_one_line_for_two_ranks(work: dict[st
     assert len(lines) == 1, proc.stdout + proc.stderr  # rank 1 parses the same config and stays quiet
     assert "3 unknown keys" in lines[0] and "huggingface-cli upload" in lines[0]
     assert not out.exists()
+
+
+def test_unreadable_weights_after_the_claim_leave_nothing_behind(work: dict[str, Path], tmp_path: Path) -> None:
+    """Weights load after the output_dir claim (qa.trainer.setup.load_weights); a file that passes the header
+    checks but cannot be read (a damaged pytorch_model.bin) ends in one line, and the run's claim is undone: no
+    lock, no run_config.yaml, no metrics.jsonl, and an output_dir the run created is gone."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(work["tiny"], damaged)
+    (damaged / "model.safetensors").unlink()
+    (damaged / "pytorch_model.bin").write_bytes(b"not a torch checkpoint" * 64)
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", str(damaged), "--train_file", str(work["good"]), "--validation_file",
+            str(work["good"]), "--output_dir", str(out), *COMMON, "--report_to", "none"]
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=base_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if " error: " in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"config error: model_name_or_path: the weights of {damaged} "
+                                                   "cannot be loaded"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
