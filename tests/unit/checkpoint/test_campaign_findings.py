@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from checkpoint_nodes import node, wait_for
 from qa.checkpoint.leftovers import unpublished_before
 from qa.checkpoint.local import LocalStore
-from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.parts import NodeLayout
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, step_name
@@ -36,18 +34,6 @@ def write_checkpoint(dirs: list[Path], step: int) -> None:
         (d / COMPLETE).write_text(f"{step}\n")
 
 
-def node(tmp_path: Path, k: int, layout: NodeLayout, store: Any, uploader: Any) -> Checkpointer:
-    cfg = make_config(output_dir=str(tmp_path / f"node{k}"), run_name="run", save_total_limit=3)
-    ckpt = build_checkpointer(cfg, None, store, uploader)
-    ckpt.layout = layout
-    return ckpt
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)  # polling a condition, not waiting for time to pass
 
 
 def test_unpublished_checkpoints_older_than_the_published_one_are_leftovers() -> None:

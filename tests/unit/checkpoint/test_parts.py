@@ -9,13 +9,13 @@ import hashlib
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from checkpoint_nodes import node, wait_for
 from qa.checkpoint.local import LocalStore
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.manifest import MANIFEST_NAME
@@ -33,8 +33,6 @@ from qa.checkpoint.parts import (
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, step_name
 from qa.checkpoint.store import StorageError, UploadError
 from qa.checkpoint.uploader import BackgroundUploader
-from qa.config import make_config
-from qa.trainer.setup import build_checkpointer
 from store_tools import find_resume
 
 SHARED = ["COMPLETE", "trainer_state.json", "config.yaml", "scheduler.bin", "pytorch_model/mp_rank_00_model_states.pt",
@@ -101,18 +99,6 @@ def write_checkpoint(dirs: list[Path], step: int, world: int, node_of: Callable[
         (d / COMPLETE).write_text(f"{step}\n")
 
 
-def node(tmp_path: Path, k: int, layout: NodeLayout, store: Any = None, uploader: Any = None) -> Checkpointer:
-    cfg = make_config(output_dir=str(tmp_path / f"node{k}"), run_name="run", save_total_limit=3)
-    ckpt = build_checkpointer(cfg, None, store, uploader)
-    ckpt.layout = layout
-    return ckpt
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)  # polling a condition, not waiting for time to pass
 
 
 def sha(path: Path) -> str:
