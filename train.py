@@ -22,7 +22,7 @@ from qa.errors import EXIT_USER_ERROR, UserError
 from qa.preflight.checks import check_launch
 from qa.preflight.config_checks import load_and_check
 from qa.preflight.report import describe_plan
-from qa.trainer import prediction, setup
+from qa.trainer import inputs, prediction, setup
 from qa.trainer.evaluation import evaluate
 from qa.trainer.loop import COMPLETED, INTERRUPTED, PREEMPTED, Trainer
 
@@ -31,7 +31,7 @@ def run(cfg: Config) -> int:
     accelerator = setup.connect(cfg)  # accelerator; data files, model config and tokenizer checked
     store = setup.open_storage(cfg.storage, accelerator)  # S3 or shared directory, checked on every node
     startup.mark("setup")
-    data = setup.prepare_data(cfg, accelerator)  # examples -> cached windows (train, eval, test)
+    data = inputs.prepare_data(cfg, accelerator)  # examples -> cached windows (train, eval, test)
     startup.mark("data")
     # Every input check is done: nothing was written before this line.
     steps = setup.planned_steps(cfg, accelerator, data)

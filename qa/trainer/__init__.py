@@ -1,6 +1,6 @@
-"""The trainer: run set-up (``setup``, which hands each component its config section), the typed parts it
-builds (``parts``), the training loop (``loop``, its config section in ``settings``), evaluation during training
-(``evaluation``), ``--do_predict`` (``prediction``), export (``export``), preemption signals (``preemption``) and
-throughput accounting (``perf``); the worker's first steps and its start-up timeline (``startup``), dying with its
-launcher (``watchdog``), one run per output directory (``output_dir``).
+"""The trainer: the run's assembly (``setup``: accelerator, output_dir claim, storage, resume, tracker, model), the
+run's data (``inputs``), the typed parts they build (``parts``), the training loop (``loop``; when it logs,
+evaluates and checkpoints is ``qa.schedule``), evaluation during training (``evaluation``), ``--do_predict``
+(``prediction``), export (``export``) and throughput accounting (``perf``). Process start-up, signals and the
+watchdog are ``qa.lifecycle``; output_dir ownership is ``qa.checkpoint.output_dir``.
 """
