@@ -17,6 +17,7 @@ from typing import Any
 from fault_cluster import STEPS, tagged_processes, train_losses
 from fault_trial import TrialRun
 
+from qa.checkpoint.manager import RUN_RECORD
 from qa.checkpoint.manifest import MANIFEST_NAME
 from qa.checkpoint.store import CorruptObjectError, StorageError
 
@@ -117,33 +118,30 @@ def _covers(steps: set[int], firsts: list[int]) -> bool:
     return steps <= set(range(1, STEPS + 1)) and any(set(range(f, STEPS + 1)) <= steps for f in firsts)
 
 
-def check_wandb(run: TrialRun) -> list[str]:
-    """The W&B offline run: one run id across attempts, every step 1..STEPS logged, the step axis never going
-    back (except after node 0's disk, which holds metrics.jsonl, was wiped: online, W&B drops those repeats)."""
-    from wandb_records import history_rows, read_wandb_records
-
+def wandb_dirs(run: TrialRun) -> list[Path]:
+    """The trial's W&B offline run directories, one per attempt, oldest first."""
     root = run.spec.root / "wandb0" / "wandb"
-    dirs = sorted(p for p in root.glob("offline-run-*") if not p.is_symlink())
+    return sorted(p for p in root.glob("offline-run-*") if not p.is_symlink())
+
+
+def check_wandb(run: TrialRun, ref: Reference) -> list[str]:
+    """The W&B offline run: one run id across attempts and, synced in order as ``wandb sync`` does (a step the run
+    already has is dropped), every step 1..STEPS once with the uninterrupted run's loss. Attempts may repeat steps:
+    a resume sends again what a kill may have kept wandb from writing (its rows are written in batches)."""
+    from wandb_records import synced_history
+
+    dirs = wandb_dirs(run)
     ids = {p.name.rsplit("-", 1)[-1] for p in dirs}
     if len(ids) != 1:
         return [f"W&B: {len(ids)} run ids across attempts: {sorted(ids)}"]
-    steps: list[list[int]] = []
-    for d in dirs:
-        files = list(d.glob("*.wandb"))
-        steps.append([r["_step_num"] for f in files for r in history_rows(read_wandb_records(f))
-                      if "train/loss" in r])
+    rows = [r for r in synced_history(dirs, ids.pop()) if "train/loss" in r]
+    steps = [r["_step_num"] for r in rows]
     bad = []
-    flat = [s for chunk in steps for s in chunk]
-    if not _covers(set(flat), first_steps(run)):
-        bad.append(f"W&B history steps {sorted(set(flat))}, expected every step from one of {first_steps(run)} "
-                   f"to {STEPS}")
-    seen = 0
-    for chunk in steps:
-        if chunk != sorted(set(chunk)):
-            bad.append(f"W&B steps repeat within one attempt: {chunk}")
-        if chunk and chunk[0] <= seen and not run.wiped_rank0_at:
-            bad.append(f"W&B step axis goes back from {seen} to {chunk[0]}")
-        seen = max([seen, *chunk])
+    if not _covers(set(steps), first_steps(run)) or len(steps) != len(set(steps)):
+        bad.append(f"W&B history steps {steps}, expected every step from one of {first_steps(run)} to {STEPS}")
+    wrong = [r["_step_num"] for r in rows if ref.losses.get(r["_step_num"]) != r["train/loss"]]
+    if wrong:
+        bad.append(f"W&B losses differ from the uninterrupted run at steps {wrong}")
     return bad
 
 
@@ -160,6 +158,11 @@ def check_store(run: TrialRun, store: Any) -> tuple[list[str], int]:
             prefixes.setdefault("/".join(parts[:3]), []).append(key)
         elif len(parts) >= 2 and parts[1] == "final":
             prefixes.setdefault("/".join(parts[:2]), []).append(key)
+        elif key == f"{run.spec.run_name}/{RUN_RECORD}":  # the run's tracker id, read by a restart on a new disk
+            recorded = (store.read_record(key) or {}).get("tracker_run_id")
+            ids = {p.name.rsplit("-", 1)[-1] for p in wandb_dirs(run)}
+            if ids and recorded not in ids:
+                bad.append(f"{key} holds run id {recorded!r}, W&B ran under {sorted(ids)}")
         else:
             orphans.append(key)
     for prefix, under in sorted(prefixes.items()):
@@ -225,7 +228,7 @@ def check_trial(run: TrialRun, ref: Reference, store: Any) -> Verdict:
     v.violations += check_loaded_were_complete(run)
     bad, v.redone = check_metrics(run, ref)
     v.violations += bad
-    v.violations += check_wandb(run)
+    v.violations += check_wandb(run, ref)
     bad, v.orphans = check_store(run, store)
     v.violations += bad
     return v

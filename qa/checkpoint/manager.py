@@ -33,7 +33,7 @@ from qa.checkpoint.resume import ResumeFinder, check_resume
 from qa.checkpoint.rotation import checkpoints_to_delete, crash_leftovers
 from qa.checkpoint.settings import CheckpointSettings
 from qa.checkpoint.state import COMPLETE, STATE_FILE, TrainState, complete_checkpoints, step_name
-from qa.checkpoint.store import Store
+from qa.checkpoint.store import StorageError, Store
 from qa.checkpoint.uploader import BackgroundUploader
 from qa.data.settings import DataOrder
 from qa.distributed.rank_zero import on_rank_zero
@@ -41,6 +41,8 @@ from qa.errors import ConfigError
 from qa.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"  # <s3_uri>/<run_name>/run.json: the run's tracker id, kept beside its checkpoints
 
 
 def node_layout(accelerator: Any) -> NodeLayout:
@@ -121,6 +123,30 @@ class Checkpointer:
     def checkpoint_uri(self, name: str) -> str | None:
         """URI in the store of this run's checkpoint ``name``, None without a store."""
         return self.store_uri_for(f"checkpoints/{name}")
+
+    # -- the run's tracker id in the store ---------------------------------------------------------------------
+    # A node lost with its disk before anything was published takes the tracker's run id file with it; kept in the
+    # store too, a restart there continues the same W&B run instead of opening a second one.
+    def stored_run_id(self) -> str | None:
+        """The tracker run id this run recorded in the store, None without a store or a record."""
+        if self.store is None:
+            return None
+        try:
+            record = self.store.read_record(f"{self.run_prefix}/{RUN_RECORD}")
+        except StorageError as e:
+            logger.warning("could not read this run's tracker id from the store: %s", e)
+            return None
+        run_id = (record or {}).get("tracker_run_id")
+        return run_id if isinstance(run_id, str) else None
+
+    def record_run_id(self, run_id: str) -> None:
+        """Rank 0: keep ``run_id`` in the store beside the checkpoints (best effort: a failure only warns)."""
+        if self.store is None or not self._is_main:
+            return
+        try:
+            self.store.put_record(f"{self.run_prefix}/{RUN_RECORD}", {"tracker_run_id": run_id})
+        except StorageError as e:
+            logger.warning("could not record the tracker run id in the store: %s", e)
 
     # -- save -----------------------------------------------------------------------------------------------
     def save(self, state: TrainState, *, export: Any | None = None) -> Path | None:

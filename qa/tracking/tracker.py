@@ -60,6 +60,26 @@ def _earlier_run_id(output_dir: Path) -> str | None:
     return text if re.fullmatch(r"[a-z0-9]{8}", text) else None
 
 
+def _rows_up_to(path: Path, last_step: int) -> list[tuple[int, dict[str, Any]]]:
+    """``metrics.jsonl``'s values for each step up to ``last_step``, in step order (later lines win: a resume
+    rewrites the steps after its checkpoint, with the same values)."""
+    rows: dict[int, dict[str, Any]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            step = int(record.pop("step"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line cut short by a kill
+        record.pop("time", None)
+        if step <= last_step:
+            rows.setdefault(step, {}).update(record)
+    return sorted(rows.items())
+
+
 def new_run_id() -> str:
     """A fresh run id in W&B's own format (8 lowercase alphanumerics), made without importing wandb."""
     alphabet = string.ascii_lowercase + string.digits
@@ -79,6 +99,16 @@ def _scalar(value: Any) -> Any:
 def _jsonable(obj: Any) -> Any:
     # Round-trip through JSON so W&B config gets plain types (Paths, enums, ... become strings).
     return json.loads(json.dumps(redact(obj), default=str))
+
+
+def _environment(accelerator: Accelerator, facts: Mapping[str, Any] | None) -> dict[str, Any]:
+    try:
+        environment = redact(collect_environment(accelerator))
+    except Exception as exc:  # a probe failing (odd driver, broken git) must not stop training
+        logger.warning("could not collect the run environment: %s", describe_error(exc))
+        environment = {"error": describe_error(exc)}
+    environment.update(facts or {})  # what the run decided from the machine (precision, threads) and why
+    return environment
 
 
 def _print_line(line: str) -> None:
@@ -103,13 +133,14 @@ class Tracker:
     @classmethod
     def from_settings(cls, accelerator: Accelerator, settings: TrackingSettings, *, output_dir: str,
                       run_name: str, group: str, config: Mapping[str, Any] | None = None,
-                      resume_run_id: str | None = None, console: Callable[[str], None] | None = None,
+                      resume_run_id: str | None = None, stored_run_id: str | None = None,
+                      resume_step: int = 0, console: Callable[[str], None] | None = None,
                       facts: Mapping[str, Any] | None = None) -> Tracker:
         """Collective: every rank calls it. The tracker of the run config's tracking section."""
         return cls(accelerator, output_dir=output_dir, report_to=settings.report_to,
                    project=settings.wandb_project, entity=settings.wandb_entity, run_name=run_name,
                    tags=settings.wandb_tags, group=group, config=config, resume_run_id=resume_run_id,
-                   console=console, facts=facts)
+                   stored_run_id=stored_run_id, resume_step=resume_step, console=console, facts=facts)
 
     def __init__(
         self,
@@ -124,17 +155,25 @@ class Tracker:
         group: str | None = None,
         config: Mapping[str, Any] | None = None,
         resume_run_id: str | None = None,
+        stored_run_id: str | None = None,
+        resume_step: int = 0,
         console: Callable[[str], None] | None = None,
         facts: Mapping[str, Any] | None = None,
     ) -> None:
-        """Collective: every rank calls it (they agree on the run id)."""
+        """Collective: every rank calls it (they agree on the run id).
+
+        ``resume_run_id``: the run id of the checkpoint this run resumes from; ``stored_run_id``: the one the run
+        kept in its store, used when neither a checkpoint nor ``output_dir`` has one (a node lost with its disk);
+        ``resume_step``: the checkpoint's step, up to which ``metrics.jsonl``'s rows are sent to W&B again (see
+        :meth:`WandbSink.replay`)."""
         use_wandb = log_with_for(report_to) == "wandb"
         self._accelerator = accelerator
         self._is_main = bool(accelerator.is_main_process)
         self._console = console or _print_line
         # A run that restarts before any checkpoint (a crash, a kill, a preemption before the first save) starts
         # its training afresh but in the same output_dir: it continues the same W&B run, not a second one.
-        earlier = _earlier_run_id(Path(output_dir)) if self._is_main and resume_run_id is None else None
+        earlier = (_earlier_run_id(Path(output_dir)) or stored_run_id) if self._is_main and resume_run_id is None \
+            else None
         self.run_id: str = self._agree_on_run_id(resume_run_id or earlier or new_run_id())
         continues = resume_run_id is not None or self.run_id == earlier
         self.mode: str | None = None
@@ -150,31 +189,21 @@ class Tracker:
         out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out / METRICS_FILENAME
         atomic_write_text(out / RUN_ID_FILENAME, self.run_id + "\n")
-        try:
-            self.environment = redact(collect_environment(accelerator))
-        except Exception as exc:  # a probe failing (odd driver, broken git) must not stop training
-            logger.warning("could not collect the run environment: %s", describe_error(exc))
-            self.environment = {"error": describe_error(exc)}
-        self.environment.update(facts or {})  # what the run decided from the machine (precision, threads) and why
-        # redact() also turns a config dataclass into a dict.
-        base = redact(config) if config is not None else {}
-        if not isinstance(base, dict):
-            base = {"config": base}
-        full_config = _jsonable({**base, "environment": self.environment})
-        logger.info(
-            "tracking run %s: world_size=%s gpu=%s git=%s",
-            self.run_id,
-            self.environment.get("world_size"),
-            self.environment.get("gpu"),
-            self.environment.get("git_commit"),
-        )
+        self.environment = _environment(accelerator, facts)
+        logger.info("tracking run %s: world_size=%s gpu=%s git=%s", self.run_id, self.environment.get("world_size"),
+                    self.environment.get("gpu"), self.environment.get("git_commit"))
         if use_wandb:
+            base = redact(config) if config is not None else {}  # redact() also turns a dataclass into a dict
+            full_config = _jsonable({**(base if isinstance(base, dict) else {"config": base}),
+                                     "environment": self.environment})
             self._sink = WandbSink(
                 accelerator, run_id=self.run_id, config=full_config, metrics_path=self.metrics_path,
                 project=project, entity=entity, run_name=run_name, tags=tags, group=group,
                 resume=continues,
             )
             self.mode = self._sink.mode
+            if continues:
+                self._sink.replay(_rows_up_to(self.metrics_path, resume_step))
 
     def _agree_on_run_id(self, candidate: str) -> str:
         from qa.distributed.rank_zero import broadcast_from_rank_zero

@@ -9,7 +9,6 @@ module builds itself (init arguments, ``sys.argv``, artifact metadata) goes thro
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -84,17 +83,6 @@ def _as_reference_uri(uri: str) -> str:
     return Path(uri).resolve().as_uri()
 
 
-def _last_logged_step(path: Path) -> int:
-    last = -1
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                last = max(last, int(json.loads(line).get("step", -1)))
-            except (ValueError, AttributeError):
-                continue
-    return last
-
-
 def _detect_mode(run: Any) -> str:
     if getattr(run, "disabled", False):
         return "disabled"
@@ -142,7 +130,6 @@ class WandbSink:
         self.first_step = 0
         self.sync_command: str | None = None
         self._metrics_path = metrics_path
-        self._resume = resume
         self._run: Any = None
         self._wandb_tracker: Any = None
         self._warned = False
@@ -212,11 +199,6 @@ class WandbSink:
         # A resumed online run starts after the last step the server has; W&B drops (with a warning
         # per call) anything older, so those steps are only sent to the console and metrics.jsonl.
         self.first_step = int(getattr(self._run, "step", 0) or 0)
-        if self._resume:
-            # A resume rolls back to the last checkpoint; the steps an earlier attempt already logged
-            # stay as they are (an exact resume recomputes the same values), so the W&B step axis has
-            # neither repeats nor gaps. metrics.jsonl keeps every attempt's lines.
-            self.first_step = max(self.first_step, _last_logged_step(self._metrics_path) + 1)
         logger.info("W&B run %s started (%s)", self.run_id, self.mode)
 
     # ---- failure handling ------------------------------------------------------------------------
@@ -240,6 +222,16 @@ class WandbSink:
     def log(self, values: dict[str, Any], step: int) -> None:
         if self.active and step >= self.first_step:
             self._guarded("log", lambda: self._accelerator.log(values, step=step))
+
+    def replay(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Send an earlier attempt's rows (from ``metrics.jsonl``) again, from :attr:`first_step` on.
+
+        wandb writes its records in batches (the offline ``.wandb`` file every 15 s), so a kill loses the rows
+        of its last seconds, which no later attempt would send again: a resume re-logs everything after its
+        checkpoint, and these rows up to it. A server that already has a step drops it, and ``wandb sync`` of
+        offline attempts keeps each step once, the first it met (the values are the same: the resume is exact)."""
+        for step, values in rows:
+            self.log(values, step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.active and step >= self.first_step:

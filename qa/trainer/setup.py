@@ -136,10 +136,13 @@ def start(cfg: Config, accelerator: Accelerator, store: Store | None,
                   "--num_train_epochs", file=sys.stderr, flush=True)
             release(run.output_dir)  # the lock file stays, as every finished run leaves it
         return None
+    stored_run_id = None
     state = TrainState(seed=run.seed, world_size=accelerator.num_processes,
                        data_order=cfg.data_order.key(accelerator.num_processes))
     if saved is not None:
         state.tracker_run_id = saved.tracker_run_id
+    elif cfg.checkpoint.resume_from_checkpoint is not None and accelerator.is_main_process:
+        stored_run_id = checkpointer.stored_run_id()  # nothing to resume: the run may have lost its disk
     if accelerator.is_local_main_process:  # every node's own output_dir (they need not share a filesystem)
         Path(run.output_dir).mkdir(parents=True, exist_ok=True)
         clear_marker(run.output_dir)
@@ -148,9 +151,12 @@ def start(cfg: Config, accelerator: Accelerator, store: Store | None,
     tracker = Tracker.from_settings(
         accelerator, cfg.tracking, output_dir=run.output_dir, run_name=run.resolved_run_name,
         group=cfg.resolved_wandb_group, config=cfg.to_dict(), resume_run_id=state.tracker_run_id,
+        stored_run_id=stored_run_id, resume_step=saved.global_step if saved is not None else 0,
         console=tqdm.write,  # lines land above the progress bars instead of glued to them
         facts={"precision": {"chosen": choice.name, "reason": choice.reason}, "threads_per_rank": threads},
     )
+    if tracker.run_id != stored_run_id:
+        checkpointer.record_run_id(tracker.run_id)
     state.tracker_run_id = tracker.run_id
     return Session(accelerator=accelerator, precision=precision, tracker=tracker, checkpointer=checkpointer,
                    preemption=PreemptionHandler().install(), state=state, resume_path=resume_path)

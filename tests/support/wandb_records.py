@@ -70,3 +70,14 @@ def offline_dirs(wandb_dir: Path, run_id: str) -> list[Path]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def synced_history(dirs: list[Path], run_id: str) -> list[dict[str, Any]]:
+    """The run's history as W&B keeps it once its offline attempts are synced in order: a row whose step the run
+    already has is dropped (W&B's step axis only goes forward)."""
+    kept: list[dict[str, Any]] = []
+    for d in dirs:
+        for row in history_rows(read_wandb_records(d / f"run-{run_id}.wandb")):
+            if not kept or row["_step_num"] > kept[-1]["_step_num"]:
+                kept.append(row)
+    return kept

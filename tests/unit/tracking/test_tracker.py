@@ -32,6 +32,7 @@ from wandb_records import (  # noqa: F401
     read_wandb_records,
     records_of,
     summary_values,
+    synced_history,
 )
 
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused, never leaves the host
@@ -343,12 +344,42 @@ def test_a_restart_before_any_checkpoint_continues_the_same_run(accelerator: Any
         second.log({"train/loss": 1.0 / step}, step=step)
     second.finish()
     dirs = offline_dirs(wandb_env, first.run_id)
-    steps = [r["_step"] for d in dirs for r in history_rows(read_wandb_records(d / f"run-{first.run_id}.wandb"))]
-    assert steps == [1, 2, 3]  # the step axis goes on: the repeated steps are not sent twice
+    assert [r["_step"] for r in synced_history(dirs, first.run_id)] == [1, 2, 3]  # one run, each step once
 
     other = make_tracker(accelerator, tmp_path / "elsewhere")
     assert other.run_id != first.run_id  # another output_dir is another run
     other.finish()
+
+
+KILLED_ATTEMPT = """
+import os, signal, sys
+from accelerate import Accelerator
+from qa.tracking.tracker import Tracker
+tracker = Tracker(Accelerator(cpu=True, log_with="wandb"), output_dir=sys.argv[1], report_to="wandb", project="p")
+print(tracker.run_id, flush=True)
+for step in (1, 2, 3, 4):
+    tracker.log({"train/loss": 1.0 / step}, step=step)
+os.kill(os.getpid(), signal.SIGKILL)  # as a scheduler would: nothing is flushed
+"""
+
+
+def test_a_resume_after_a_kill_sends_the_rows_wandb_had_not_written(accelerator: Any, wandb_env: Path,
+                                                                    tmp_path: Path) -> None:
+    """Found by the fault campaign (seed 273878287): wandb writes its rows in batches (every 15 s offline), so a
+    kill lost the last rows, and the resume did not send them again because metrics.jsonl had them."""
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILLED_ATTEMPT, str(out)], capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    run_id = killed.stdout.split()[0]
+    assert [line["step"] for line in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+    second = make_tracker(accelerator, out, resume_run_id=run_id, resume_step=3)  # the checkpoint of step 3
+    for step in (4, 5):  # the resume trains step 4 again, then goes on
+        second.log({"train/loss": 1.0 / step}, step=step)
+    second.finish()
+    rows = synced_history(offline_dirs(wandb_env, run_id), run_id)
+    assert [(r["_step"], r["train/loss"]) for r in rows] == [(s, 1.0 / s) for s in (1, 2, 3, 4, 5)]
 
 
 def test_init_raising_continues_without_wandb(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,3 +29,37 @@ def test_a_location_the_backend_refuses_is_a_config_error_before_any_rank_is_ask
     message = str(err.value)
     assert message.startswith("s3_uri: ") and named in message and "\n" not in message
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def _start_and_stop(tmp_path: Path, output_dir: Path) -> str:
+    """One attempt's start-up, as train.py runs it up to the first step; returns its tracker run id."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from qa.checkpoint.output_dir import release
+    from qa.config import make_config
+    from qa.trainer.setup import start
+
+    cfg = make_config(output_dir=str(output_dir), s3_uri=(tmp_path / "store").as_uri(), report_to="none",
+                      resume_from_checkpoint="auto", run_name="lost-disk", model_name_or_path="tiny")
+    accelerator = Accelerator(cpu=True)
+    try:
+        session = start(cfg, accelerator, open_storage(cfg.storage, accelerator))
+        assert session is not None and session.resume_path is None
+        session.preemption.uninstall()
+        return session.tracker.run_id
+    finally:
+        release(str(output_dir))
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+def test_a_node_lost_with_its_disk_before_any_checkpoint_keeps_the_tracker_run(tmp_path: Path) -> None:
+    """Found by the fault campaign (seeds 126614242, 817077201, 699642630): a restart on an empty disk with nothing
+    published had no run id to continue (it was on the lost disk) and opened a second W&B run."""
+    out = tmp_path / "out"
+    (tmp_path / "store").mkdir()
+    first = _start_and_stop(tmp_path, out)
+    shutil.rmtree(out)  # the node is replaced: a new machine, an empty disk
+    assert _start_and_stop(tmp_path, out) == first
+    assert _start_and_stop(tmp_path, tmp_path / "elsewhere") == first  # any output_dir of the same run and store
