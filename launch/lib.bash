@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by launch/local.sh and launch/torchrun.sh (sourced, not run): argument checks, the Python to use,
+# Shared by launch/local.sh, launch/torchrun.sh and launch/k8s/entrypoint.sh (sourced, not run): argument checks, the Python to use,
 # and running the launcher in the background so SIGTERM/SIGUSR1 reach it and a preemption becomes exit 42.
 
 # qa_parse_args NAME "$@": sets NPROC and CONFIG (absolute when it is a file: the script cd's to the repo root,
@@ -33,6 +33,25 @@ qa_parse_args() {
   export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
   export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}
   export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+}
+
+# qa_launch_info WORLD_SIZE GPU TRAIN_ARGS...: output_dir, DeepSpeed JSON, accelerate config and the exit codes,
+# resolved by the config loader train.py uses (a bad config fails here with train.py's one line, exit 2). Sets
+# OUTPUT_DIR, DS_JSON, ACC_CONFIG, QA_EXIT_PREEMPTED and QA_EXIT_INTERRUPTED.
+# shellcheck disable=SC2034  # read by the sourcing script
+qa_launch_info() {
+  local info key value
+  OUTPUT_DIR="" DS_JSON="" ACC_CONFIG=""
+  info=$("$PYTHON" -m qa.preflight launch-info "$@")
+  while IFS='=' read -r key value; do
+    case $key in
+      output_dir) OUTPUT_DIR=$value ;;
+      deepspeed) DS_JSON=$value ;;
+      accelerate_config) ACC_CONFIG=$value ;;
+      exit_preempted) QA_EXIT_PREEMPTED=$value ;;
+      exit_interrupted) QA_EXIT_INTERRUPTED=$value ;;
+    esac
+  done <<<"$info"
 }
 
 # qa_run_and_requeue NAME OUTPUT_DIR COMMAND...: runs COMMAND, forwards TERM/USR1 to it once each, and exits

@@ -35,19 +35,7 @@ case ${LAUNCH_DEVICE:-auto} in
   *) echo "LAUNCH_DEVICE must be cpu, gpu or auto" >&2; exit 2 ;;
 esac
 
-# output_dir, DeepSpeed JSON and accelerate config, resolved by the same config loader train.py uses; a bad
-# config fails here with train.py's message (exit 2).
-OUTPUT_DIR="" DS_JSON="" ACC_CONFIG=""
-info=$("$PYTHON" -m qa.preflight launch-info "$NPROC" "$GPU" --config "$CONFIG" "$@")
-while IFS='=' read -r key value; do
-  case $key in
-    output_dir) OUTPUT_DIR=$value ;;
-    deepspeed) DS_JSON=$value ;;
-    accelerate_config) ACC_CONFIG=$value ;;
-    exit_preempted) QA_EXIT_PREEMPTED=$value ;;
-    exit_interrupted) QA_EXIT_INTERRUPTED=$value ;;
-  esac
-done <<<"$info"
+qa_launch_info "$NPROC" "$GPU" --config "$CONFIG" "$@"
 
 launch=("$PYTHON" -m accelerate.commands.launch --num_processes "$NPROC" --num_machines 1
         --main_process_port "${MAIN_PROCESS_PORT:-0}")

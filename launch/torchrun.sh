@@ -25,15 +25,7 @@ qa_parse_args "$0" "$@"
 shift 2
 NNODES=${NNODES:-1}
 
-OUTPUT_DIR=""
-info=$("$PYTHON" -m qa.preflight launch-info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@")
-while IFS='=' read -r key value; do
-  case $key in
-    output_dir) OUTPUT_DIR=$value ;;
-    exit_preempted) QA_EXIT_PREEMPTED=$value ;;
-    exit_interrupted) QA_EXIT_INTERRUPTED=$value ;;
-  esac
-done <<<"$info"
+qa_launch_info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@"
 
 if ((NNODES == 1)); then
   rdzv=(--standalone)

@@ -21,15 +21,7 @@ shift 2
 NODE_RANK=${JOB_COMPLETION_INDEX:?set by Kubernetes for an Indexed Job}
 NNODES=${NNODES:?set NNODES to the number of pods, the Job completions}
 
-OUTPUT_DIR=""
-info=$("$PYTHON" -m qa.preflight launch-info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@")
-while IFS='=' read -r key value; do
-  case $key in
-    output_dir) OUTPUT_DIR=$value ;;
-    exit_preempted) QA_EXIT_PREEMPTED=$value ;;
-    exit_interrupted) QA_EXIT_INTERRUPTED=$value ;;
-  esac
-done <<<"$info"
+qa_launch_info "$((NNODES * NPROC))" 0 --config "$CONFIG" "$@"
 
 qa_run_and_requeue "launch/k8s/entrypoint.sh" "$OUTPUT_DIR" \
   "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" \
