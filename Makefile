@@ -20,8 +20,9 @@ venv: $(VENV)/.installed
 # default (CUDA) build as a dependency of transformers/deepspeed and pull gigabytes.
 # deepspeed ships as an sdist whose setup.py imports torch, so it is built without isolation
 # against the torch we just installed (isolation would fetch a second, CUDA torch).
-# On CPU machines DeepSpeed JIT-builds its shared-memory collectives op (deepspeed_shm_comm) on the first launch:
-# about 2.5 minutes on 2 cores. It is built here once, into TORCH_EXTENSIONS_DIR, so no launch waits for it.
+# On CPU machines DeepSpeed JIT-builds its shared-memory collectives op (deepspeed_shm_comm) on the first launch,
+# and its CPU Adam (cpu_adam) on the first ZeRO-Offload run: minutes each on 2 cores. Both are built here once,
+# into TORCH_EXTENSIONS_DIR, so no launch waits for them.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
@@ -34,7 +35,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-build-isolation -r requirements.lock
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	if [ "$(DS_ACCELERATOR)" = cpu ]; then \
-	  $(PY) -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"; \
+	  $(PY) -c "from deepspeed.accelerator import get_accelerator as a; [a().create_op_builder(b).load() for b in ('ShareMemCommBuilder', 'CPUAdamBuilder')]"; \
 	fi
 	touch $@
 

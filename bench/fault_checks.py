@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fault_cluster import STEPS, tagged_processes, train_losses
-from fault_trial import TrialRun
+from fault_trial import CORRUPTED, TrialRun
 
 from qa.checkpoint.manager import RUN_RECORD
 from qa.checkpoint.manifest import MANIFEST_NAME
@@ -172,7 +172,9 @@ def check_store(run: TrialRun, store: Any) -> tuple[list[str], int]:
         listed = {f"{prefix}/{rel}" for rel in store.read_manifest(prefix)["files"]}
         orphans += [k for k in under if k not in listed and k != f"{prefix}/{MANIFEST_NAME}"
                     and not k.startswith(f"{prefix}/parts/")]
-        corrupted = [k for k in run.corrupted if k in listed]
+        # A later attempt that trained to the same step again published it again, intact: only an object that
+        # still holds what the trial wrote must be refused.
+        corrupted = [k for k in run.corrupted if k in listed and _body(store, k) == CORRUPTED]
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 manifest = store.read_manifest(prefix)  # every file re-hashed against it
@@ -187,6 +189,10 @@ def check_store(run: TrialRun, store: Any) -> tuple[list[str], int]:
     if orphans:
         bad.append(f"{len(orphans)} object(s) no manifest references: {orphans[:4]}")
     return bad, len(orphans)
+
+
+def _body(store: Any, key: str) -> bytes:
+    return store.client.get_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")["Body"].read()
 
 
 def check_processes(tag: str, timeout_s: float = 15.0) -> list[Any]:

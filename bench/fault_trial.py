@@ -15,6 +15,7 @@ from typing import Any
 
 from fault_cluster import STEPS, Attempt, JobSpec, train_losses
 
+CORRUPTED = b"corrupted by the fault campaign"  # what an object the trial corrupted holds until it is rewritten
 KINDS = ("kill_worker", "kill_launcher", "sigterm", "sigint", "s3_outage", "wipe_disk", "full_disk", "corrupt_object")
 # Moments: a time after the launch (start-up and a resume's download included), a training step, a save in
 # progress (a step directory without COMPLETE), an upload in progress (objects without a manifest), a manifest
@@ -191,7 +192,7 @@ class Injector:
             rel = random.Random(self.run.plan.seed).choice(files)
             key = f"{prefix}/{rel}"
             self.store.client.put_object(Bucket=self.store.bucket, Key=f"{self.store.prefix}/{key}",
-                                         Body=b"corrupted by the fault campaign")
+                                         Body=CORRUPTED)
             self.run.corrupted.append(key)
         except Exception:  # noqa: BLE001 - rotated away meanwhile (or the store is down): nothing corrupted
             return

@@ -56,7 +56,8 @@ qa_launch_info() {
 
 # qa_run_and_requeue NAME OUTPUT_DIR COMMAND...: runs COMMAND, forwards TERM/USR1 to it once each, and exits
 # with its status, or 42 when the run left OUTPUT_DIR/PREEMPTED (torchrun does not carry the workers' 42), or
-# 130 after Ctrl-C (the launcher itself exits 1: torchrun's agent re-raises the signal it handled).
+# 130 after Ctrl-C (the launcher itself exits 1: torchrun's agent re-raises the signal it handled), seen by the
+# INT trap or by the run's OUTPUT_DIR/INTERRUPTED (a loaded machine once ended the script without the trap).
 qa_run_and_requeue() {
   local name=$1 output_dir=$2
   shift 2
@@ -65,7 +66,7 @@ qa_run_and_requeue() {
     echo
     exit 0
   fi
-  rm -f "$output_dir/PREEMPTED"  # left by an earlier, preempted attempt
+  rm -f "$output_dir/PREEMPTED" "$output_dir/INTERRUPTED"  # left by an earlier attempt
   "$@" &
   QA_CHILD=$!
   QA_GOT_SIGNAL=0
@@ -86,7 +87,7 @@ qa_run_and_requeue() {
       "--resume_from_checkpoint auto (the squad_* configs set it)" >&2
     exit "${QA_EXIT_PREEMPTED:?launch-info gives it}"
   fi
-  if ((QA_GOT_INT)); then
+  if ((QA_GOT_INT)) || [[ -f "$output_dir/INTERRUPTED" ]]; then
     echo "$name: interrupted (launcher status $rc); rerun with --resume_from_checkpoint auto to continue" >&2
     exit "${QA_EXIT_INTERRUPTED:?launch-info gives it}"
   fi

@@ -54,6 +54,39 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class _Forwarder:
+    """While training runs, Ctrl-C and SIGTERM reach the demo alone (the launcher runs in a session of its own) and
+    each is passed on to the launcher once: it stops its workers, which checkpoint, and exits; then the demo stops
+    SeaweedFS and exits 128 + signal. An exception raised by the signal instead (KeyboardInterrupt) could land
+    inside Popen and leave the launcher and its workers running, unowned."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.received: int | None = None
+        self._pending: list[int] = []
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = self.received or signum
+        self._pending.append(signum)
+        self.forward()
+
+    def forward(self) -> None:
+        while self._pending and self.child is not None and self.child.poll() is None:
+            self.child.send_signal(self._pending.pop(0))
+
+    def run(self, cmd: list[str], **kwargs: object) -> int:
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.received is None:
+                self.child = subprocess.Popen(cmd, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+                self.forward()  # a signal that came while it started
+                rc = self.child.wait()
+            return 128 + self.received if self.received else rc
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main(extra: list[str]) -> int:
     """``extra``: train.py options that override configs/demo_cpu.yaml (e.g. ``--mixed_precision bf16``)."""
     from local_s3 import LocalS3Server
@@ -61,7 +94,8 @@ def main(extra: list[str]) -> int:
     from qa.distributed.accelerator import free_port
 
     # SIGTERM's default action ends the process at once, past the `with` below that stops SeaweedFS (it runs in
-    # a session of its own, so nothing else reaches it). As SystemExit, the launcher is stopped and the server too.
+    # a session of its own, so nothing else reaches it). As SystemExit the server is stopped too; while training
+    # runs, _Forwarder handles both signals instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     output_dir = Path(os.environ.get("QA_DEMO_OUTPUT_DIR", REPO / "outputs" / "demo"))
     # The demo's own scratch directory: each demo starts clean (train.py refuses a fresh run into a directory
@@ -82,7 +116,7 @@ def main(extra: list[str]) -> int:
                "--model_name_or_path", str(minilm_dir()), "--output_dir", str(output_dir),
                "--s3_uri", f"s3://{BUCKET}/runs", "--s3_create_bucket", "true", *extra]
         print("$", " ".join(cmd[2:]))
-        rc = subprocess.call(cmd, cwd=REPO, env=env)
+        rc = _Forwarder().run(cmd, cwd=REPO, env=env)
         if rc != 0:
             print(f"demo: train.py exited with {rc}", file=sys.stderr)
             return rc

@@ -30,7 +30,11 @@ logger = logging.getLogger(__name__)
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 INTERRUPT_SIGNALS = (signal.SIGINT,)
 DUPLICATE_WINDOW_S = 2.0
-MARKER = "PREEMPTED"  # written to output_dir so launch scripts can requeue even through torchrun's exit code
+# Written to output_dir so launch scripts know how the run stopped whatever torchrun's exit code says (it exits 1
+# either way): PREEMPTED asks for a requeue; INTERRUPTED (Ctrl-C) makes the script exit 130 even when its shell
+# never ran its SIGINT trap.
+MARKER = "PREEMPTED"
+INTERRUPTED_MARKER = "INTERRUPTED"
 
 
 class PreemptionHandler:
@@ -84,10 +88,11 @@ class PreemptionHandler:
         return max(0.0, grace_seconds - (time.monotonic() - self.received_at))
 
 
-def write_marker(output_dir: str | os.PathLike, step: int) -> None:
+def write_marker(output_dir: str | os.PathLike, step: int, *, interrupted: bool = False) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / MARKER).write_text(f"{step}\n")
+    (Path(output_dir) / (INTERRUPTED_MARKER if interrupted else MARKER)).write_text(f"{step}\n")
 
 
 def clear_marker(output_dir: str | os.PathLike) -> None:
-    (Path(output_dir) / MARKER).unlink(missing_ok=True)
+    for name in (MARKER, INTERRUPTED_MARKER):
+        (Path(output_dir) / name).unlink(missing_ok=True)

@@ -194,8 +194,8 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - the local checkpoint is complete; requeue must still happen
             logger.error("preemption: upload not finished within the grace period (%s); the local checkpoint "
                          "is complete and auto-resume will use it if every node has it", e)
-        if session.accelerator.is_local_main_process and not interrupted:  # Ctrl-C: the user stopped it, no requeue
-            write_marker(self.cfg.run.output_dir, st.global_step)  # every node's disk: its launch script reads it
+        if session.accelerator.is_local_main_process:  # every node's disk: its launch script reads it
+            write_marker(self.cfg.run.output_dir, st.global_step, interrupted=interrupted)  # Ctrl-C: no requeue
         if session.accelerator.is_main_process:
             print(f"{what}: stopped at step {st.global_step}; checkpoint "
                   f"{session.checkpointer.root / step_name(st.global_step)}; continue with "

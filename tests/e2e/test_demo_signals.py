@@ -38,7 +38,22 @@ def test_demo_stops_its_s3_server_on_a_signal(sig: signal.Signals, tmp_path: Pat
         assert demo.returncode != 0
         gone, alive = psutil.wait_procs(servers, timeout=30)
         assert not alive, f"SeaweedFS still running after {sig.name}: {[p.pid for p in alive]}"
+        # Nor anything else it started: the launcher and its workers (sessions of their own) inherit its
+        # environment. The signal came while the launcher started; an exception there once left them running.
+        _, alive = psutil.wait_procs(_started_by(str(tmp_path / "demo_out")), timeout=30)
+        assert not alive, f"still running after {sig.name}: {[p.cmdline()[:3] for p in alive]}"
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+def _started_by(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("QA_DEMO_OUTPUT_DIR") == marker:
+                found.append(proc)
+        except psutil.Error:  # gone, or not ours to read
+            continue
+    return found

@@ -91,6 +91,20 @@ def test_local_sh_stops_on_a_config_error(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
+@pytest.mark.parametrize(("marker", "rc", "said"), [("INTERRUPTED", 130, "interrupted (launcher status 1)"),
+                                                   ("PREEMPTED", 42, "preempted at step 7"), (None, 1, "")])
+def test_the_run_s_marker_decides_the_script_s_exit_status(marker: str | None, rc: int, said: str,
+                                                           tmp_path: Path) -> None:
+    """torchrun exits 1 however the workers stopped; the marker the run left says how (a Ctrl-C is also seen by
+    the script's INT trap, which a loaded machine once skipped). A marker of an earlier attempt is ignored."""
+    (tmp_path / "PREEMPTED").write_text("3\n")
+    write = f"echo 7 > {tmp_path}/{marker}; " if marker else ""
+    script = (f"source {LAUNCH / 'lib.bash'}; QA_EXIT_PREEMPTED=42 QA_EXIT_INTERRUPTED=130; "
+              f"qa_run_and_requeue test {tmp_path} sh -c '{write}exit 1'")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc and said in proc.stderr, proc.stderr
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Real runs on CPU (slow): 2 processes, the tiny model, a few steps
 # ----------------------------------------------------------------------------------------------------------

@@ -182,6 +182,7 @@ def test_ctrl_c_under_local_sh_checkpoints_and_exits_130(tiny: Path, tmp_path: P
     step, path = int(stops[0][0]), Path(stops[0][1])
     assert path == out / "checkpoints" / f"step_{step:07d}" and (path / "COMPLETE").is_file()
     assert not (out / "PREEMPTED").exists()  # Ctrl-C is not a preemption: nothing to requeue
+    assert int((out / "INTERRUPTED").read_text()) == step  # what local.sh reads if its INT trap did not run
     assert "launch/local.sh: interrupted (launcher status 1)" in text  # `accelerate launch` itself exits 1
     # No worker traceback; the one traceback is the agent's SignalException, which accelerate does not catch.
     assert "KeyboardInterrupt" not in text

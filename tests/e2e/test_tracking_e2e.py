@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import DEMO_DATA, base_env, launch, launch_and_crash, make_tiny_model, subset_squad
-from wandb_records import config_values, history_rows, offline_dirs, read_wandb_records, summary_values
+from wandb_records import config_values, offline_dirs, read_wandb_records, summary_values, synced_history
 
 pytestmark = pytest.mark.slow
 
@@ -55,17 +55,18 @@ def test_wandb_offline_run_across_crash_and_resume(work: dict[str, Path]) -> Non
     assert evals and all({"eval/exact_match", "eval/time_forward_s", "eval/time_gather_s",
                           "eval/time_decode_s"} <= set(r) for r in evals)
 
-    # One W&B run (same id) continued by the resume; its step axis strictly increases with no repeats.
+    # One W&B run (same id) continued by the resume: synced in order, every logged step once, with the values
+    # of metrics.jsonl (the resume sends again what the crash may have kept wandb from writing).
     run_ids = {p.name.rsplit("-", 1)[-1] for p in (work["root"] / "wb" / "wandb").glob("offline-run-*")}
     assert len(run_ids) == 1, run_ids
     (run_id,) = run_ids
     dirs = offline_dirs(work["root"] / "wb", run_id)
     assert len(dirs) == 2  # the crashed attempt and the resumed one
-    steps = []
-    for d in dirs:
-        recs = read_wandb_records(next(d.glob("*.wandb")))
-        steps += [r["_step_num"] for r in history_rows(recs)]
-    assert steps == sorted(set(steps)), steps
+    synced = {r["_step_num"]: r for r in synced_history(dirs, run_id)}
+    loss_of_step = {r["step"]: r["train/loss"] for r in train}  # the last line of each step
+    assert sorted(synced) == sorted(loss_of_step) == list(range(2, 25, 2))
+    assert all(synced[s]["train/loss"] == loss_of_step[s] for s in synced)
+    assert all("eval/f1" in synced[s] for s in (12, 24))  # eval rows merged into their step
     last_recs = read_wandb_records(next(dirs[-1].glob("*.wandb")))
     summary = summary_values(last_recs)
     assert "best/f1" in summary and "checkpoint/latest_uri" in summary
