@@ -42,9 +42,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: venv
 	$(PY) tools/demo.py
 
+# Test processes, one per CPU up to 4: a launch is mostly imports and start-up on one core per process, so two
+# run side by side even on 2 cores; more than 4 gains little and multiplies memory.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

@@ -17,4 +17,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-pytest_plugins = ["s3_fixtures"]  # real-S3 fixtures (s3_server, s3_bucket, ...) for every test
+pytest_plugins = ["s3_fixtures", "train_entry"]  # real-S3 fixtures (s3_server, ...), train.py in process

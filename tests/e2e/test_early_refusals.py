@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,19 +50,29 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_refused_before_anything_is_written(work: dict[str, Path], case: str, tmp_path: Path) -> None:
+def test_refused_before_anything_is_written(work: dict[str, Path], case: str, tmp_path: Path,
+                                            train_main: Callable[[list[str]], int], capfd: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (a refusal comes before anything a second process would change); the Hub id in its own
+    process, where HF_HOME can point at an empty cache (the Hub library reads it once, at import)."""
     out = tmp_path / "out"
     extra, expected = CASES[case]
     fill = {k: str(v) for k, v in work.items()}
     args = ["--model_name_or_path", str(work["tiny"]), "--train_file", str(work["good"]), "--validation_file",
             str(work["good"]), "--output_dir", str(out), *COMMON, *[a.format(**fill) for a in extra]]
-    env = {**base_env(tmp_path), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(tmp_path / "hf_home")}
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [ln for ln in proc.stderr.splitlines() if " error: " in ln]
-    assert len(lines) == 1 and lines[0].startswith(expected.format(**fill)), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    if case == "hub_id_offline":
+        env = {**base_env(tmp_path), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(tmp_path / "hf_home")}
+        proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+        rc, stderr = proc.returncode, proc.stderr
+    else:
+        rc, stderr = train_main(args), capfd.readouterr().err
+    assert rc == 2, stderr[-3000:]
+    lines = [ln for ln in stderr.splitlines() if " error: " in ln]
+    assert len(lines) == 1 and lines[0].startswith(expected.format(**fill)), stderr[-3000:]
+    assert "Traceback" not in stderr
     assert not out.exists()  # no lock, no run_config.yaml, no metrics
     assert not (tmp_path / "wandb").exists()  # the tracker never started
 
@@ -78,7 +89,10 @@ def test_plain_accelerate_launch_refusal_is_one_line_for_two_ranks(work: dict[st
     assert not out.exists()
 
 
-def test_unreadable_weights_after_the_claim_leave_nothing_behind(work: dict[str, Path], tmp_path: Path) -> None:
+def test_unreadable_weights_after_the_claim_leave_nothing_behind(work: dict[str, Path], tmp_path: Path,
+                                                                 train_main: Callable[[list[str]], int],
+                                                                 capfd: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights load after the output_dir claim (qa.trainer.setup.load_weights); a file that passes the header
     checks but cannot be read (a damaged pytorch_model.bin) ends in one line, and the run's claim is undone: no
     lock, no run_config.yaml, no metrics.jsonl, and an output_dir the run created is gone."""
@@ -89,11 +103,11 @@ def test_unreadable_weights_after_the_claim_leave_nothing_behind(work: dict[str,
     out = tmp_path / "out"
     args = ["--model_name_or_path", str(damaged), "--train_file", str(work["good"]), "--validation_file",
             str(work["good"]), "--output_dir", str(out), *COMMON, "--report_to", "none"]
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=base_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [ln for ln in proc.stderr.splitlines() if " error: " in ln]
+    monkeypatch.chdir(tmp_path)
+    assert train_main(args) == 2
+    stderr = capfd.readouterr().err
+    lines = [ln for ln in stderr.splitlines() if " error: " in ln]
     assert len(lines) == 1 and lines[0].startswith(f"config error: model_name_or_path: the weights of {damaged} "
-                                                   "cannot be loaded"), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+                                                   "cannot be loaded"), stderr[-3000:]
+    assert "Traceback" not in stderr
     assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fixtures import DEMO_DATA, REPO, base_env, launch, make_tiny_model, subset_squad
+from fixtures import DEMO_DATA, base_env, launch, make_tiny_model, subset_squad
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +48,10 @@ def test_bad_data_on_two_ranks_one_line_exit_nothing_written(work: dict[str, Pat
 
 
 @pytest.mark.parametrize("case", ["bad_data", "resume_incomplete", "missing_file"])
-def test_single_process_user_errors_exit_2(work: dict[str, Path], case: str, tmp_path: Path) -> None:
+def test_single_process_user_errors_exit_2(work: dict[str, Path], case: str, tmp_path: Path,
+                                           train_main: Callable[[list[str]], int], capfd: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python train.py`` as one process, called in this one (nothing is written before the refusal)."""
     out = tmp_path / "out"
     args = ["--model_name_or_path", str(work["model"]), "--train_file", str(work["good"]), "--validation_file",
             str(work["good"]), "--output_dir", str(out), "--report_to", "none", "--deepspeed", "null", *COMMON]
@@ -61,12 +63,13 @@ def test_single_process_user_errors_exit_2(work: dict[str, Path], case: str, tmp
         args += ["--resume_from_checkpoint", str(half)]
     else:
         args += ["--validation_file", str(tmp_path / "nope.json")]
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
-                          env=base_env(work["root"]), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if " error: " in ln]
-    assert len(lines) == 1 and lines[0].split(" error: ")[0] in ("config", "data"), proc.stderr
-    assert "Traceback" not in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    rc = train_main(args)
+    stderr = capfd.readouterr().err
+    assert rc == 2, stderr
+    lines = [ln for ln in stderr.splitlines() if " error: " in ln]
+    assert len(lines) == 1 and lines[0].split(" error: ")[0] in ("config", "data"), stderr
+    assert "Traceback" not in stderr
     expected = {"bad_data": str(work["dup_id"]), "resume_incomplete": "COMPLETE", "missing_file": "nope.json"}[case]
     assert expected in lines[0]
     assert _written(out) == []

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -23,6 +24,7 @@ from qa.errors import EXIT_PREEMPTED, EXIT_USER_ERROR
 
 K8S = REPO / "launch" / "k8s"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
+STEPS = 24  # long enough that pod 1 is deleted mid-run, short enough for CI
 
 
 def _resources() -> dict[str, dict[str, Any]]:
@@ -132,7 +134,7 @@ def _pod_args(scratch: Path, uri: str, model: Path, train: Path) -> list[str]:
     args[args.index("--s3_uri") + 1] = uri
     return [*args, "--model_name_or_path", str(model), "--train_file", str(train), "--mixed_precision", "'no'",
             "--do_eval", "false", "--eval_before_training", "false", "--report_to", "none",
-            "--max_train_steps", "8", "--checkpointing_steps", "2", "--save_total_limit", "2",
+            "--max_train_steps", str(STEPS), "--checkpointing_steps", "2", "--save_total_limit", "2",
             "--per_device_train_batch_size", "4", "--max_seq_length", "128", "--doc_stride", "32",
             "--logging_steps", "1", "--num_warmup_steps", "0"]
 
@@ -178,7 +180,16 @@ def test_pods_run_locally_and_a_deleted_pod_resumes_from_s3_alone(tmp_path: Path
         assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [
             (tmp_path / f"a{i}.log").read_text()[-3000:] for i in (0, 1)]
         time.sleep(0.1)  # polling the store for the first published checkpoint, with a deadline
-    os.killpg(procs[1].pid, signal.SIGKILL)  # pod 1 deleted (its node lost): no grace, no checkpoint
+    # Pod 1 deleted (its node lost): no grace, no checkpoint. Both pods are frozen first, so that on a loaded machine
+    # the deletion still lands mid-run, however late this loop saw the checkpoint (the workers run in sessions of
+    # their own: each pod's whole tree is signalled).
+    trees = [[psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)] for p in procs]
+    for proc in trees[0] + trees[1]:
+        proc.send_signal(signal.SIGSTOP)
+    for proc in trees[1]:
+        proc.send_signal(signal.SIGKILL)
+    for proc in trees[0]:
+        proc.send_signal(signal.SIGCONT)
     codes = _wait(procs, timeout=300)
     assert codes[0] != 0 and codes[1] == -signal.SIGKILL, codes  # pod 0 fails with its peer; the Job replaces both
     for d in scratch:
@@ -195,5 +206,5 @@ def test_pods_run_locally_and_a_deleted_pod_resumes_from_s3_alone(tmp_path: Path
     assert (scratch[0] / "out" / "final" / "model.safetensors").is_file()
     steps = [int(m) for m in re.findall(r'"step":(\d+),', (scratch[0] / "out" / "metrics.jsonl").read_text())]
     resumed = int(fetched.group(1)[5:])
-    assert sorted(set(steps)) == list(range(resumed + 1, 9)), steps
-    assert "step_0000008" in store.list_complete("squad-qa/checkpoints")
+    assert sorted(set(steps)) == list(range(resumed + 1, STEPS + 1)), steps
+    assert f"step_{STEPS:07d}" in store.list_complete("squad-qa/checkpoints")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from configs import from_mapping as from_dict
-from fixtures import base_env, make_tiny_model
+from fixtures import make_tiny_model
 from qa.config import replace_keys, save_config
 from qa.config.sections import SECTIONS
 from qa.errors import ConfigError
@@ -160,17 +160,14 @@ def test_yaml_type_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
         from_dict({"num_train_epochs": "many"}, source="x.yaml")
 
 
-def test_argparse_errors_are_one_config_error_line(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    assert spec is not None and spec.loader is not None
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+def test_argparse_errors_are_one_config_error_line(capsys: pytest.CaptureFixture[str],
+                                                    train_main: Callable[[list[str]], int]) -> None:
     for argv, message in ((["--max_train_steps"], "--max_train_steps: expected one argument"),
                           (["--mixed_precision", "fp8"], "--mixed_precision: expected one of auto, no, fp16, "
                                                          "bf16, got 'fp8'"),
                           (["--learning_rat", "1"], "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
                           (["--config"], "--config: expected one argument")):
-        assert train.main(argv) == 2
+        assert train_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("config error: ") and message in err and err.count("\n") == 1, err
         assert "usage:" not in err
@@ -243,16 +240,17 @@ def test_deepspeed_path_does_not_depend_on_the_working_directory(tmp_path: Path,
 
 
 @pytest.mark.slow  # one process, but it tokenizes the demo data: ~15 s
-def test_dry_run_from_another_directory(tmp_path: Path) -> None:
+def test_dry_run_from_another_directory(tmp_path: Path, train_main: Callable[[list[str]], int],
+                                       capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = make_tiny_model(tmp_path / "tiny")
     work = tmp_path / "elsewhere"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo_cpu.yaml"), "--dry_run",
-         "--model_name_or_path", str(tiny), "--train_file", TRAIN, "--validation_file", DEV,
-         "--output_dir", str(tmp_path / "out"), "--mixed_precision", "no", "--report_to", "none",
-         "--num_warmup_steps", "0", "--warmup_ratio", "0.1", "--num_train_epochs", "4"],
-        cwd=work, env=base_env(tmp_path), capture_output=True, text=True, timeout=300)
+    monkeypatch.chdir(work)
+    rc = train_main(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--dry_run",
+                     "--model_name_or_path", str(tiny), "--train_file", TRAIN, "--validation_file", DEV,
+                     "--output_dir", str(tmp_path / "out"), "--mixed_precision", "no", "--report_to", "none",
+                     "--num_warmup_steps", "0", "--warmup_ratio", "0.1", "--num_train_epochs", "4"])
+    proc = subprocess.CompletedProcess([], rc, *capfd.readouterr())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"DeepSpeed ZeRO-2 from {ZERO2}" in proc.stdout
     # The plan's warmup comes from warmup_ratio through qa.model.optim.warmup_steps: 124 steps x 0.1, rounded up.

@@ -28,15 +28,12 @@ GPUs or internet:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,18 +118,6 @@ def test_the_documents_hold_commands() -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def train_main():
-    """train.py's main(), imported once; what its import sets up process-wide is undone afterwards."""
-    handler, show = signal.getsignal(signal.SIGINT), warnings.showwarning
-    spec = importlib.util.spec_from_file_location("train_documented", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module.main
-    signal.signal(signal.SIGINT, handler)
-    warnings.showwarning = show
 
 
 def _offline(args: list[str], tiny: Path) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import free_port
 from qa.lifecycle.threads import choose_threads, cores_available, launcher_environment, user_thread_setting
 
 
@@ -75,11 +76,13 @@ def test_real_launchers(tmp_path: Path) -> None:
     cores = cores_available()
     share = max(cores // 2, 1)
     # torchrun, 2 ranks, nothing set: torchrun exports 1, the ranks take their share of the cores.
-    lines = _launch(tmp_path, ["torch.distributed.run", "--nproc_per_node", "2"], None)
+    lines = _launch(tmp_path, ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())],
+                    None)
     assert lines == [f"rank={r} before=1 torch={share} line={share} CPU thread{'s' if share > 1 else ''} per rank "
                      f"({cores} core{'s' if cores > 1 else ''} available / 2 ranks on this node)" for r in (0, 1)]
     # The same launch with the user's OMP_NUM_THREADS=1: the same number in the workers' environment, but the user's.
-    lines = _launch(tmp_path, ["torch.distributed.run", "--nproc_per_node", "2"], "1")
+    lines = _launch(tmp_path, ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())],
+                    "1")
     assert lines == [f"rank={r} before=1 torch=1 line=1 CPU thread per rank (OMP_NUM_THREADS=1 from the user)"
                      for r in (0, 1)]
     # accelerate's simple launcher, 1 process: it exports 1 unless told; the one rank uses every core it may.

@@ -7,12 +7,12 @@ import json
 import math
 import re
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fixtures import DEMO_DATA, REPO, base_env, launch, make_tiny_model
+from fixtures import DEMO_DATA, REPO, launch, make_tiny_model
 from qa.config import Config, make_config
 from qa.errors import ConfigError
 from qa.preflight.checks import check_plan
@@ -315,13 +315,15 @@ def test_too_little_data_for_one_step_is_refused(tiny: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_train_py_dry_run_prints_the_plan_and_writes_nothing(tiny: Path, tmp_path: Path) -> None:
+def test_train_py_dry_run_prints_the_plan_and_writes_nothing(tiny: Path, tmp_path: Path,
+                                                             train_main: Callable[[list[str]], int],
+                                                             capfd: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "demo_cpu.yaml"),
-         "--model_name_or_path", str(tiny), "--output_dir", str(out), "--mixed_precision", "'no'",
-         "--report_to", "none", "--dry_run"],
-        cwd=REPO, env=base_env(tmp_path), capture_output=True, text=True, timeout=300)
+    monkeypatch.chdir(REPO)
+    rc = train_main(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--model_name_or_path", str(tiny),
+                     "--output_dir", str(out), "--mixed_precision", "'no'", "--report_to", "none", "--dry_run"])
+    proc = subprocess.CompletedProcess([], rc, *capfd.readouterr())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Dry run for run 'demo'") == 1
     assert "steps per epoch" in proc.stdout and "memory per process" in proc.stdout
