@@ -119,8 +119,11 @@ class Injector:
         ready = self._moment(fault, attempt)
         deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
         while attempt.running() and time.monotonic() < deadline:
-            if ready():
-                return True
+            try:
+                if ready():
+                    return True
+            except OSError:  # a directory removed while we read it (rotation, a partial save): not yet
+                pass
             time.sleep(0.02)  # polling disks and the store for a moment: nothing can notify us of it
         return False
 
