@@ -67,6 +67,17 @@ def shortfall(directory: Path, needed: int) -> str | None:
             f"({format_bytes(needed)}), {free} bytes ({format_bytes(free)}) free")
 
 
+def is_write_failure(error: BaseException) -> bool:
+    """A failed write to disk, ENOSPC included, however the writer reported it."""
+    # torch.save's C++ writer reports a failed write (ENOSPC included) as RuntimeError without an errno, and
+    # safetensors as SafetensorError ("I/O error: ... (os error 28)"): neither is an OSError.
+    if isinstance(error, OSError):
+        return True
+    text = str(error)
+    return any(s in text for s in ("iostream error", "unexpected pos", "PytorchStreamWriter", "file write failed",
+                                   "I/O error", "No space left"))
+
+
 def describe_write_error(error: BaseException, directory: Path) -> str:
     """An I/O failure in words: ENOSPC as 'no space left on device' also when torch's C++ writer hides the errno
     (it raises RuntimeError 'basic_ios::clear: iostream error'); then the filesystem is checked for room."""

@@ -5,7 +5,8 @@ manifest), but nothing else would ever delete them: rotation only knows checkpoi
 They are collected on the node of rank 0, on its uploader's thread, right after a checkpoint's manifest landed:
 every checkpoint older than that one without a manifest is garbage by then. Its parts were uploaded by every
 node, and each node uploads its checkpoints in order, so no node is still writing an older one. Newer prefixes
-are left alone: another node may be uploading them at this very moment."""
+are left alone: another node may be uploading them at this very moment. At the end of a run, once every node's
+uploads are over, all of them go (the last checkpoint's interrupted upload has no later one to collect it)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from qa.checkpoint.store import Store
 logger = logging.getLogger(__name__)
 
 
-def unpublished_before(keys: Iterable[str], prefix: str, published: str, keep: Collection[str] = ()) -> list[str]:
+def unpublished_before(keys: Iterable[str], prefix: str, published: str | None,
+                       keep: Collection[str] = ()) -> list[str]:
     """Checkpoint names under ``prefix`` (keys relative to the store) with objects but no manifest, older than
-    the just published checkpoint ``published``, except ``keep``; oldest first."""
-    bound = step_of(published)
+    the just published checkpoint ``published`` (None: all of them, once no node uploads any more), except
+    ``keep``; oldest first."""
+    bound = float("inf") if published is None else step_of(published)
     if bound is None:
         return []
     start = len(prefix.rstrip("/")) + 1
@@ -34,8 +37,8 @@ def unpublished_before(keys: Iterable[str], prefix: str, published: str, keep: C
     return sorted((n for n, s in steps.items() if s < bound and n not in keep), key=steps.__getitem__)
 
 
-def collect_unpublished(store: Store, prefix: str, published: str) -> list[str]:
-    """Delete this run's unpublished checkpoints older than ``published``; returns their names."""
+def collect_unpublished(store: Store, prefix: str, published: str | None) -> list[str]:
+    """Delete this run's unpublished checkpoints older than ``published`` (None: all); returns their names."""
     names = unpublished_before(store.list_keys(prefix), prefix, published)
     for name in names:
         count = store.delete_prefix(f"{prefix}/{name}")

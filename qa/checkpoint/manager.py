@@ -24,7 +24,7 @@ from typing import Any
 
 from accelerate.utils import gather_object
 
-from qa.checkpoint.disk import DiskError, describe_write_error, shortfall, tree_bytes
+from qa.checkpoint.disk import DiskError, describe_write_error, is_write_failure, shortfall, tree_bytes
 from qa.checkpoint.leftovers import collect_unpublished
 from qa.checkpoint.loading import load_model_only, load_resharded
 from qa.checkpoint.parts import NodeLayout, PartUpload, layout_from_local_indices
@@ -62,16 +62,6 @@ def _gather(accelerator: Any, value: Any) -> list[Any]:
     if accelerator is None or accelerator.num_processes <= 1:
         return [value]
     return gather_object([value])
-
-
-def _is_write_failure(error: Exception) -> bool:
-    # torch.save's C++ writer reports a failed write (ENOSPC included) as RuntimeError without an errno, and
-    # safetensors as SafetensorError ("I/O error: ... (os error 28)"): neither is an OSError.
-    if isinstance(error, OSError):
-        return True
-    text = str(error)
-    return any(s in text for s in ("iostream error", "unexpected pos", "PytorchStreamWriter", "file write failed",
-                                   "I/O error", "No space left"))
 
 
 def _write_marker(path: Path, text: str) -> None:
@@ -175,7 +165,7 @@ class Checkpointer:
                 (path / STATE_FILE).write_text(state.to_json())
                 (path / "config.yaml").write_text(self.config_yaml)
         except Exception as e:
-            if not _is_write_failure(e):
+            if not is_write_failure(e):
                 raise
             error = f"saving {path} failed: {describe_write_error(e, path)}"
         if self._disk_problem(state, path, error, removed=True):
@@ -294,6 +284,14 @@ class Checkpointer:
     def upload_final(self, final_dir: Path) -> None:
         if self.uploader is not None and self.accelerator.is_main_process:
             self.uploader.submit(str(final_dir), f"{self.run_prefix}/final")
+
+    def collect_leftovers(self) -> None:
+        """Rank 0, at the end, once no node uploads any more: delete every unpublished checkpoint of this run."""
+        if self.store is not None and self._is_main:
+            try:
+                collect_unpublished(self.store, self.store_prefix, None)
+            except StorageError as e:
+                logger.warning("could not delete this run's unpublished checkpoints from the store: %s", e)
 
     def wait_uploads(self, timeout_s: float) -> None:
         """This node's uploads (its parts; on rank 0's node the manifests too, so all parts)."""

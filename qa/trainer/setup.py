@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from qa.checkpoint.disk import estimate_checkpoint_bytes
+from qa.checkpoint.disk import DiskError, describe_write_error, estimate_checkpoint_bytes, is_write_failure
 from qa.checkpoint.manager import Checkpointer
 from qa.checkpoint.output_dir import abandon, check_resume_target, claim_output_dir, release
 from qa.checkpoint.settings import StorageSettings
@@ -326,9 +327,30 @@ def resume(cfg: Config, session: Session) -> None:
 
 
 def export(output_dir: Path, session: Session, model: Model, data: Data) -> Path:
-    """Collective: save_pretrained + tokenizer to output_dir/final, then upload it in the background."""
-    final = output_dir / "final"
-    export_model(session.accelerator, model.module, data.tokenizer, final)
+    """Collective: save_pretrained + tokenizer to output_dir/final, then upload it in the background.
+
+    Written to ``final.partial`` and renamed: a final/ exists only whole, since a restart takes it as the sign of a
+    finished run (found by the fault campaign: a full disk mid-export left a final/ without weights, and every
+    restart after it said "already finished")."""
+    acc = session.accelerator
+    final, partial = output_dir / "final", output_dir / "final.partial"
+    if acc.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+        export_model(acc, model.module, data.tokenizer, partial)
+    except BaseException as e:
+        if not acc.is_main_process:
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(e, Exception) or not is_write_failure(e):
+            raise
+        raise DiskError(f"export: writing {final} failed: {describe_write_error(e, output_dir)}; the partial "
+                        "directory was removed and the newest checkpoint is intact: rerun with "
+                        "--resume_from_checkpoint auto to export again") from None
+    if acc.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)  # only a whole final/ from an earlier run could be there
+        partial.rename(final)
+    acc.wait_for_everyone()
     session.checkpointer.upload_final(final)
     if session.accelerator.is_main_process:
         logger.info("final model: %s", final)
@@ -348,6 +370,9 @@ def finish(storage: StorageSettings, session: Session, outcome: str) -> None:
         session.checkpointer.wait_uploads(storage.s3_upload_timeout)
     except Exception as e:  # noqa: BLE001 - reported after the tracker is closed
         error = e
+    session.accelerator.wait_for_everyone()  # every node's uploads are over: what has no manifest never will
+    if error is None:
+        session.checkpointer.collect_leftovers()
     session.tracker.finish()
     session.preemption.uninstall()
     if error is not None:

@@ -124,3 +124,21 @@ def test_a_save_records_its_step_so_a_preemption_at_that_step_does_not_save_it_a
     path = ckpt.save(TrainState(global_step=3))
     assert (path / COMPLETE).is_file()
     assert ckpt.last_saved_step == 3  # what Trainer._preempt compares with before saving
+
+
+def test_the_last_checkpoint_s_interrupted_upload_is_collected_at_the_end_of_the_run(tmp_path: Path) -> None:
+    """Found by the fault campaign (seed 30437866): the upload of the last checkpoint was cut short and the resumed
+    run only exported: no later checkpoint's manifest ever collected it. The end of a run collects every
+    unpublished checkpoint, once no node uploads any more."""
+    store = LocalStore(tmp_path / "store", create=True)
+    with BackgroundUploader(store, max_attempts=1) as up0, BackgroundUploader(store, max_attempts=1) as up1:
+        _publish_two_nodes(tmp_path, store, [up0, up1], 9)
+        up1.wait(timeout_s=30)
+        up0.wait(timeout_s=30)
+    target = store.root / PREFIX / "step_0000012" / "random_states_0.pkl"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"left by an interrupted upload")
+    cfg = make_config(output_dir=str(tmp_path / "out"), run_name="run", s3_uri=store.root.as_uri())
+    build_checkpointer(cfg, None, store).collect_leftovers()
+    assert store.list_keys(f"{PREFIX}/step_0000012") == []
+    assert store.list_complete(PREFIX) == ["step_0000009"] and store.read_manifest(f"{PREFIX}/step_0000009")

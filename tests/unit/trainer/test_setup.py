@@ -63,3 +63,42 @@ def test_a_node_lost_with_its_disk_before_any_checkpoint_keeps_the_tracker_run(t
     shutil.rmtree(out)  # the node is replaced: a new machine, an empty disk
     assert _start_and_stop(tmp_path, out) == first
     assert _start_and_stop(tmp_path, tmp_path / "elsewhere") == first  # any output_dir of the same run and store
+
+
+def test_a_full_disk_mid_export_leaves_no_final_that_looks_exported(tmp_path: Path) -> None:
+    """Found by the fault campaign (seed 30437866): a full disk while save_pretrained wrote final/ left a final/
+    without weights, and every restart took it for a finished run ("already finished", no model). Now final/ exists
+    only whole, and the failure is one DiskError line."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from small_fs import fill, small_filesystem
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from fixtures import make_tiny_model
+    from qa.checkpoint.disk import DiskError
+    from qa.trainer.setup import already_finished, export
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    uploaded: list[Path] = []
+    session: Any = SimpleNamespace(accelerator=Accelerator(cpu=True),
+                                   checkpointer=SimpleNamespace(upload_final=uploaded.append))
+    model: Any = SimpleNamespace(module=AutoModelForQuestionAnswering.from_pretrained(tiny))
+    data: Any = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(tiny))
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        with small_filesystem(out, 8):
+            filler = fill(out, 64 * 1024)  # room for the config, not for the weights
+            with pytest.raises(DiskError, match=r"^export: writing .*/final failed: no space left on device"):
+                export(out, session, model, data)
+            assert sorted(p.name for p in out.iterdir()) == [filler.name] and not uploaded
+            assert not already_finished(12, 12, out)  # a restart exports again
+            filler.unlink()
+            final = export(out, session, model, data)
+            assert (final / "model.safetensors").is_file() and (final / "tokenizer_config.json").is_file()
+            assert uploaded == [final] and sorted(p.name for p in out.iterdir()) == ["final"]
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
