@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ _CREDENTIAL_ERRORS = {
     "TokenRefreshRequired",
     "InvalidClientTokenId",
 }
+REACH_WAIT_S = 60.0  # how long start-up waits for an S3 endpoint that refuses connections
 _BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
 # Test hook, MiB: files larger than this go up as multipart uploads (parts of at least 5 MiB, boto3's floor). The
 # storage fault tests (tests/e2e/test_storage_faults.py) kill the server in the middle of a multipart upload of a
@@ -169,13 +171,29 @@ class S3Store(ObjectStore):
 
     # -- start-up validation -----------------------------------------------------------------
 
+    def _list_once_reachable(self, where: str, wait_s: float = REACH_WAIT_S) -> None:
+        """ListObjectsV2, retried while the endpoint cannot be reached at all, for up to ``wait_s``: a store that
+        is down for moments at start-up (found by the fault campaign: a restart during an S3 outage was refused as
+        a config error, exit 2, which fails a Kubernetes Job) is waited for; a wrong endpoint still fails."""
+        deadline, delay = time.monotonic() + wait_s, 0.5
+        while True:
+            try:
+                # ListObjectsV2 rather than HeadBucket: HEAD answers carry no body, so a 403 would not
+                # tell a bad key from a bad signature or a missing permission.
+                self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+                return
+            except botocore.exceptions.EndpointConnectionError as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("cannot reach S3 %s (%s); retrying for up to %.0fs", where, e, wait_s)
+                time.sleep(delay)  # backoff between attempts to reach a store that is down
+                delay = min(delay * 2, 8.0)
+
     def check(self) -> None:
         """Fail fast with an actionable message if the bucket is unusable (call at start-up)."""
         where = f"bucket {self.bucket!r} at endpoint {self.endpoint_url}"
         try:
-            # ListObjectsV2 rather than HeadBucket: HEAD answers carry no body, so a 403 would not
-            # tell a bad key from a bad signature or a missing permission.
-            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+            self._list_once_reachable(where)
         except botocore.exceptions.NoCredentialsError as e:
             raise StorageError(
                 f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import pytest
 
 from qa.checkpoint.manifest import MANIFEST_NAME
@@ -348,3 +349,27 @@ def test_multipart_threshold_test_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     assert S3Store("s3://bucket-a/x", region="us-east-1").transfer_config.multipart_threshold == MiB
     explicit = S3Store("s3://bucket-a/x", region="us-east-1", multipart_threshold=5 * MiB)
     assert explicit.transfer_config.multipart_threshold == 5 * MiB
+
+
+def test_start_up_waits_for_a_store_that_is_down_for_moments(server_up_after: S3TestServer, s3_bucket: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the fault campaign (seed 23968184): a restart during an S3 outage was refused at once as a config
+    error (exit 2: a Kubernetes Job fails for good). A store refusing connections is now waited for a while."""
+    import threading
+
+    server = server_up_after
+    store = server.store(f"s3://{s3_bucket}/exp", retry_attempts=1, connect_timeout_s=2)
+    server.stop()
+    caplog.set_level(logging.WARNING, logger="qa.checkpoint")
+    back = threading.Thread(target=lambda: (wait_until(lambda: "retrying" in caplog.text, 30, "a retry warning"),
+                                            server.start()))
+    back.start()
+    store.check()  # returns once the server is back
+    back.join()
+    assert "cannot reach S3" in caplog.text
+    server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):  # check() says "cannot reach S3 ..."
+        store._list_once_reachable("the test's bucket", wait_s=1.0)  # a wrong endpoint still fails, in time
+    assert time.monotonic() - t0 < 30
+    server.start()
