@@ -163,11 +163,7 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
                              ranked.is_null[ranked.keep], trimmer, k_ex)
     kg_start = group_starts(k_ex)
     kg_size = np.diff(np.r_[kg_start, kept.shape[0]]).astype(np.int64)
-    if kept.shape[0]:
-        shifted = np.exp(k_score - np.repeat(np.maximum.reduceat(k_score, kg_start), kg_size))
-        prob = shifted / np.repeat(np.add.reduceat(shifted, kg_start), kg_size)
-    else:
-        prob = np.zeros(0, dtype=np.float64)
+    prob = _group_softmax(k_score, kg_start, kg_size)
     best = ranked.best_entry
     best_ex = ranked.group_example[ranked.has_span]
     b_cs, b_ce = _char_spans(offsets, pool.feature[best], pool.start[best], pool.end[best], None, trimmer, best_ex)
@@ -178,22 +174,38 @@ def decode(example_ids: Sequence[str], contexts: Sequence[str], feature_example_
         odds[best_ex] = null_score[best_ex] - pool.score[best]
 
     with _gc_paused():
-        k_spans = list(zip(k_cs.tolist(), k_ce.tolist(), strict=True))
-        texts = [contexts[e][a:b] for e, (a, b) in zip(k_ex.tolist(), k_spans, strict=True)]
-        entries = [
-            {"text": t, "probability": p, "start_logit": s, "end_logit": e}
-            for t, p, s, e in zip(texts, prob.tolist(), pool.start_logit[kept].tolist(),
-                                  pool.end_logit[kept].tolist(), strict=True)
-        ]
-        nbest_lists: list[list[dict[str, Any]] | None] = [None] * len(example_ids)
-        span_lists: list[list[tuple[int, int]] | None] = [None] * len(example_ids)
-        for e, a, n in zip(k_ex[kg_start].tolist(), kg_start.tolist(), kg_size.tolist(), strict=True):
-            nbest_lists[e] = entries[a:a + n]
-            span_lists[e] = k_spans[a:a + n]
+        nbest_lists, span_lists = _nbest_lists(
+            contexts, k_ex, k_cs, k_ce, prob, pool.start_logit[kept], pool.end_logit[kept], kg_start, kg_size)
         best_span = [(0, 0)] * len(example_ids)
         for e, a, b in zip(best_ex.tolist(), b_cs.tolist(), b_ce.tolist(), strict=True):
             best_span[e] = (a, b)
         return _assemble(example_ids, contexts, nbest_lists, span_lists, best_span, odds, null_score_diff_threshold)
+
+
+def _group_softmax(score: np.ndarray, g_start: np.ndarray, g_size: np.ndarray) -> np.ndarray:
+    """Softmax of ``score`` within each contiguous group (max-shifted, so large logits do not overflow)."""
+    if not score.shape[0]:
+        return np.zeros(0, dtype=np.float64)
+    shifted = np.exp(score - np.repeat(np.maximum.reduceat(score, g_start), g_size))
+    return shifted / np.repeat(np.add.reduceat(shifted, g_start), g_size)
+
+
+def _nbest_lists(contexts: Sequence[str], k_ex: np.ndarray, k_cs: np.ndarray, k_ce: np.ndarray, prob: np.ndarray,
+                 start_logit: np.ndarray, end_logit: np.ndarray, g_start: np.ndarray, g_size: np.ndarray,
+                 ) -> tuple[list[list[dict[str, Any]] | None], list[list[tuple[int, int]] | None]]:
+    """Per example (None where it kept nothing): its n-best entry dicts and their char spans, best first."""
+    k_spans = list(zip(k_cs.tolist(), k_ce.tolist(), strict=True))
+    texts = [contexts[e][a:b] for e, (a, b) in zip(k_ex.tolist(), k_spans, strict=True)]
+    entries = [
+        {"text": t, "probability": p, "start_logit": s, "end_logit": e}
+        for t, p, s, e in zip(texts, prob.tolist(), start_logit.tolist(), end_logit.tolist(), strict=True)
+    ]
+    nbest_lists: list[list[dict[str, Any]] | None] = [None] * len(contexts)
+    span_lists: list[list[tuple[int, int]] | None] = [None] * len(contexts)
+    for e, a, n in zip(k_ex[g_start].tolist(), g_start.tolist(), g_size.tolist(), strict=True):
+        nbest_lists[e] = entries[a:a + n]
+        span_lists[e] = k_spans[a:a + n]
+    return nbest_lists, span_lists
 
 
 def _checked_arrays(n_ex: int, feature_example_index: np.ndarray, offsets: np.ndarray, start_logits: np.ndarray,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,34 +193,7 @@ def check_plan(cfg: Config, world_size: int, cuda: bool) -> list[str]:
         stage = zero_stage(ds)
         off_opt, off_param = _offload(ds)
         if stage == 3:
-            if not _gathers_16bit_weights(ds, env):
-                needs = [w for w, on in (("the final export to output_dir/final (do_train)", cfg.run.do_train),
-                                         ("export_every_checkpoint", cfg.checkpoint.export_every_checkpoint)) if on]
-                if needs:
-                    raise ConfigError(
-                        f"deepspeed: {path} has zero_optimization.stage3_gather_16bit_weights_on_model_save "
-                        f"false, but {' and '.join(needs)} needs the full weights gathered from the ZeRO-3 "
-                        "shards; set it to true")
-            if cfg.checkpoint.resume_weights_only:
-                # Verified with deepspeed 0.19 / accelerate 1.15: load_state(load_module_only=True) under
-                # ZeRO-3 reads the empty parameter placeholders of mp_rank_00_model_states.pt and keeps the
-                # initial weights, silently (DeepSpeed gathers the real ones only with
-                # load_optimizer_states=False).
-                raise ConfigError(
-                    "resume_weights_only: under ZeRO-3 the weights-only resume silently keeps the initial "
-                    "weights (the checkpoint's module file holds only partition placeholders); resume with "
-                    "the full state on the same world size (resume_weights_only: false), or start from an "
-                    "exported model (model_name_or_path: <output_dir>/final, or a checkpoint's model/ "
-                    "written by export_every_checkpoint)")
-            if cfg.model.torch_compile:
-                # Verified with torch 2.13 / deepspeed 0.19: compiling the model before DeepSpeed wraps it
-                # fails in ZeRO-3's forward pre-hook ('dict' object has no attribute '_in_forward'); see also
-                # pytorch/pytorch#115484.
-                raise ConfigError("torch_compile: torch.compile of the model is not supported with DeepSpeed "
-                                  "ZeRO-3 (its parameter-gathering hooks fail inside the compiled forward); "
-                                  "set torch_compile: false or use ZeRO-2 (configs/deepspeed/zero2.json)")
-            if world_size == 1:
-                warnings.append("ZeRO-3 on 1 process shards nothing; ZeRO-2 (or no DeepSpeed) is faster")
+            warnings += _check_zero3(cfg, ds, path, env, world_size)
         elif off_param != "none":
             warnings.append(f"{path}: offload_param only applies to ZeRO-3; stage {stage} ignores it")
         if stage in (1, 2) and world_size == 1 and off_opt == "none":
@@ -234,6 +208,38 @@ def check_plan(cfg: Config, world_size: int, cuda: bool) -> list[str]:
     return warnings
 
 
+def _check_zero3(cfg: Config, ds: dict, path: str, env: Mapping[str, str], world_size: int) -> list[str]:
+    """ZeRO-3's refusals (weights it cannot gather, resume or compile); its warnings otherwise."""
+    warnings: list[str] = []
+    if not _gathers_16bit_weights(ds, env):
+        needs = [w for w, on in (("the final export to output_dir/final (do_train)", cfg.run.do_train),
+                                 ("export_every_checkpoint", cfg.checkpoint.export_every_checkpoint)) if on]
+        if needs:
+            raise ConfigError(
+                f"deepspeed: {path} has zero_optimization.stage3_gather_16bit_weights_on_model_save "
+                f"false, but {' and '.join(needs)} needs the full weights gathered from the ZeRO-3 "
+                "shards; set it to true")
+    if cfg.checkpoint.resume_weights_only:
+        # Verified with deepspeed 0.19 / accelerate 1.15: load_state(load_module_only=True) under
+        # ZeRO-3 reads the empty parameter placeholders of mp_rank_00_model_states.pt and keeps the
+        # initial weights, silently (DeepSpeed gathers the real ones only with
+        # load_optimizer_states=False).
+        raise ConfigError(
+            "resume_weights_only: under ZeRO-3 the weights-only resume silently keeps the initial "
+            "weights (the checkpoint's module file holds only partition placeholders); resume with "
+            "the full state on the same world size (resume_weights_only: false), or start from an "
+            "exported model (model_name_or_path: <output_dir>/final, or a checkpoint's model/ "
+            "written by export_every_checkpoint)")
+    if cfg.model.torch_compile:
+        # Verified with torch 2.13 / deepspeed 0.19: compiling the model before DeepSpeed wraps it
+        # fails in ZeRO-3's forward pre-hook ('dict' object has no attribute '_in_forward'); see also
+        # pytorch/pytorch#115484.
+        raise ConfigError("torch_compile: torch.compile of the model is not supported with DeepSpeed "
+                          "ZeRO-3 (its parameter-gathering hooks fail inside the compiled forward); "
+                          "set torch_compile: false or use ZeRO-2 (configs/deepspeed/zero2.json)")
+    if world_size == 1:
+        warnings.append("ZeRO-3 on 1 process shards nothing; ZeRO-2 (or no DeepSpeed) is faster")
+    return warnings
 
 
 def _rank() -> int:

@@ -193,17 +193,21 @@ class Tracker:
         logger.info("tracking run %s: world_size=%s gpu=%s git=%s", self.run_id, self.environment.get("world_size"),
                     self.environment.get("gpu"), self.environment.get("git_commit"))
         if use_wandb:
-            base = redact(config) if config is not None else {}  # redact() also turns a dataclass into a dict
-            full_config = _jsonable({**(base if isinstance(base, dict) else {"config": base}),
-                                     "environment": self.environment})
-            self._sink = WandbSink(
-                accelerator, run_id=self.run_id, config=full_config, metrics_path=self.metrics_path,
-                project=project, entity=entity, run_name=run_name, tags=tags, group=group,
-                resume=continues,
-            )
+            self._sink = self._open_wandb(config, self.metrics_path, resume=continues, resume_step=resume_step,
+                                          project=project, entity=entity, run_name=run_name, tags=tags, group=group)
             self.mode = self._sink.mode
-            if continues:
-                self._sink.replay(_rows_up_to(self.metrics_path, resume_step))
+
+    def _open_wandb(self, config: Mapping[str, Any] | None, metrics_path: Path, *, resume: bool, resume_step: int,
+                    **names: Any) -> WandbSink:
+        """Rank 0: the W&B run, its config with the environment added; a continued run gets its rows again."""
+        base = redact(config) if config is not None else {}  # redact() also turns a dataclass into a dict
+        full_config = _jsonable({**(base if isinstance(base, dict) else {"config": base}),
+                                 "environment": self.environment})
+        sink = WandbSink(self._accelerator, run_id=self.run_id, config=full_config, metrics_path=metrics_path,
+                         resume=resume, **names)
+        if resume:
+            sink.replay(_rows_up_to(metrics_path, resume_step))
+        return sink
 
     def _agree_on_run_id(self, candidate: str) -> str:
         from qa.distributed.rank_zero import broadcast_from_rank_zero
@@ -223,7 +227,6 @@ class Tracker:
     # ---- logging ---------------------------------------------------------------------------------
 
     def _write_metrics_line(self, record: Mapping[str, Any]) -> None:
-        assert self.metrics_path is not None
         line = json.dumps(record, default=str, separators=(",", ":"))
         try:
             # Opened per call and closed at once: each record reaches the OS immediately, so a crash

@@ -336,6 +336,9 @@ def export(output_dir: Path, session: Session, model: Model, data: Data) -> Path
     final, partial = output_dir / "final", output_dir / "final.partial"
     if acc.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
+    # save_pretrained lists its directory on every rank: none may start before rank 0 has cleared it (found in a
+    # 2-rank run, where rank 1 listed final.partial while rank 0 removed it).
+    acc.wait_for_everyone()
     try:
         export_model(acc, model.module, data.tokenizer, partial)
     except BaseException as e:

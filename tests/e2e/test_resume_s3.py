@@ -89,7 +89,16 @@ def test_killed_rank_then_auto_resume_is_exact(work, reference, s3_server) -> No
                             after=out / "checkpoints" / "step_0000003" / "COMPLETE")
     assert proc.returncode != 0
     assert not (out / "final").exists()
+    # An earlier attempt's interrupted export: the resume's export starts from an empty final.partial, so nothing
+    # of it reaches final/.
+    stale = out / "final.partial"
+    for i in range(30):
+        (stale / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (stale / f"d{i % 3}" / f"f{i}").write_bytes(b"")
+    (stale / "stale-00001-of-00002.safetensors").write_bytes(b"not weights")
     launch(_args(work, out, "--resume_from_checkpoint", "auto"), tmp=work["root"], env=env)
+    assert not stale.exists()
+    assert sorted(p.name for p in (out / "final").iterdir() if p.name.startswith(("d", "stale"))) == []
     ref, got = _losses(reference), _losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
