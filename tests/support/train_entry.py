@@ -3,6 +3,7 @@ start-up (refusals before any write, dry runs, argument errors). A pytest plugin
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import signal
@@ -25,6 +26,7 @@ def train_main() -> Iterator[Callable[[list[str]], int]]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    gc.enable()  # importing train.py pauses the collector until main() runs (startup.prepare_process)
 
     def main(argv: list[str]) -> int:
         root = logging.getLogger()
@@ -41,5 +43,6 @@ def train_main() -> Iterator[Callable[[list[str]], int]]:
             root.setLevel(level)
 
     yield main
+    gc.unfreeze()  # what main() froze (startup.imports_done) is collectable again in this test process
     signal.signal(signal.SIGINT, handler)
     warnings.showwarning = show
