@@ -23,147 +23,35 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
-import json
 import platform
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    # Loaded by file path rather than ``import qa.<name>`` so that whatever qa/__init__.py imports
-    # (accelerate, deepspeed, ...) is not needed on a bare GPU box; these modules need only torch + numpy.
-    spec = importlib.util.spec_from_file_location(f"qa_{name.replace('/', '_')}_bench", REPO / "qa" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
-    spec.loader.exec_module(module)
-    return module
-
-
-sampling = _load("data/sampler")
-qa_loss = _load("model/loss")
-perf = _load("trainer/perf")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import machine  # noqa: E402  (bench/machine.py: the CPU, its SIMD level, what auto picks)
+from throughput_data import (  # noqa: E402  (bench/throughput_data.py: windows, batch plan, collation)
+    BERT_CASED_VOCAB,
+    PAD_MULTIPLE,
+    Windows,
+    collate,
+    load_qa_module,
+    load_real_windows,
+    plan_batches,
+    synthetic_windows,
+)
+
+qa_loss = load_qa_module("model/loss")
+perf = load_qa_module("trainer/perf")
 
 gpu_peak_tflops, model_shape, train_flops = perf.gpu_peak_tflops, perf.model_shape, perf.train_flops
-
-PAD_MULTIPLE = 8
-BERT_CASED_VOCAB = 28996  # bert-base-cased / distilbert-base-cased vocabulary size
-CLS_ID, SEP_ID = 101, 102  # bert-base-cased [CLS], [SEP]; [PAD] is 0
-
-# --------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Windows:
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]]
-    lengths: np.ndarray
-    source: str
-
-
-def load_real_windows(data_dir: Path, max_seq_length: int) -> Windows | None:
-    squad = data_dir / "squad-v1.1" / "dev-v1.1.json"
-    tok_dir = data_dir / "tokenizers" / "bert-base-cased"
-    if not (squad.is_file() and tok_dir.is_dir()):
-        return None
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    questions, contexts = [], []
-    for article in json.loads(squad.read_text())["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                questions.append(qa["question"].lstrip())
-                contexts.append(paragraph["context"])
-    enc = tokenizer(
-        questions,
-        contexts,
-        truncation="only_second",
-        max_length=max_seq_length,
-        stride=128,
-        return_overflowing_tokens=True,
-    )
-    ids = enc["input_ids"]
-    return Windows(
-        ids,
-        enc["token_type_ids"],
-        np.array([len(x) for x in ids], dtype=np.int64),
-        f"SQuAD v1.1 dev, real windows ({len(ids)})",
-    )
-
-
-def synthetic_windows(max_seq_length: int, n: int = 10_822, seed: int = 0) -> Windows:
-    lengths = np.minimum(sampling.synthetic_squad_lengths(n, seed=seed), max_seq_length)
-    rng = np.random.default_rng(seed)
-    ids, types = [], []
-    for length in lengths.tolist():
-        # [CLS] question [SEP] context [SEP] with a ~12-token question, like the real windows.
-        q = min(12, max(1, length - 4))
-        body = rng.integers(1000, BERT_CASED_VOCAB, length).tolist()
-        body[0], body[q + 1], body[-1] = CLS_ID, SEP_ID, SEP_ID
-        ids.append(body)
-        types.append([0] * (q + 2) + [1] * (length - q - 2))
-    return Windows(ids, types, lengths, f"synthetic windows from the recorded SQuAD dev histogram ({n})")
-
-
-def plan_batches(lengths: np.ndarray, batch_size: int, count: int, seed: int) -> list[list[int]]:
-    """The first ``count`` batches of the grouped order, continuing into later epochs if needed."""
-    out: list[list[int]] = []
-    epoch = 0
-    while len(out) < count:
-        out += sampling.grouped_batch_order(lengths, batch_size, seed=seed, epoch=epoch)
-        epoch += 1
-    return out[:count]
-
-
-def collate(
-    windows: Windows,
-    batch: list[int],
-    pad_to: int,
-    with_token_types: bool,
-    rng: np.random.Generator,
-    pin: bool,
-) -> dict[str, torch.Tensor]:
-    n = len(batch)
-    ids = torch.zeros(n, pad_to, dtype=torch.long)
-    mask = torch.zeros(n, pad_to, dtype=torch.long)
-    types = torch.zeros(n, pad_to, dtype=torch.long)
-    starts, ends = [], []
-    for row, i in enumerate(batch):
-        length = int(windows.lengths[i])
-        ids[row, :length] = torch.tensor(windows.input_ids[i])
-        mask[row, :length] = 1
-        types[row, :length] = torch.tensor(windows.token_type_ids[i])
-        # Labels do not change the compute; any in-window span will do.
-        s = int(rng.integers(0, length))
-        starts.append(s)
-        ends.append(min(length - 1, s + int(rng.integers(0, 8))))
-    out = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "start_positions": torch.tensor(starts),
-        "end_positions": torch.tensor(ends),
-    }
-    if with_token_types:
-        out["token_type_ids"] = types
-    if pin:
-        out = {k: v.pin_memory() for k, v in out.items()}
-    return out
-
 
 # --------------------------------------------------------------------------------------------------
 # Model, memory, FLOPs
@@ -255,6 +143,23 @@ def make_optimizer(kind: str, params: list[torch.nn.Parameter]) -> torch.optim.O
     return torch.optim.AdamW(params, foreach=False, fused=False, **kw)
 
 
+def _host_batches(cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: list[list[int]],
+                  device: torch.device) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """Every planned batch collated before the clock starts, padded as ``cfg`` says; and each one's padded length."""
+    rng = np.random.default_rng(1)  # same labels for every run
+    with_types = args.model == "tiny"  # DistilBERT has no token_type_ids
+    host, pads = [], []
+    for b in batches:
+        pad_to = (
+            args.max_seq_length
+            if cfg.pad_to_max
+            else -(-int(windows.lengths[b].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        )
+        pads.append(pad_to)
+        host.append(collate(windows, b, pad_to, with_types, rng, pin=device.type == "cuda"))
+    return host, pads
+
+
 def run(
     cfg: RunConfig, args: argparse.Namespace, windows: Windows, batches: list[list[int]], device: torch.device
 ) -> RunResult:
@@ -266,18 +171,7 @@ def run(
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
     scaler = torch.amp.GradScaler(device.type) if args.dtype == "fp16" else None
 
-    rng = np.random.default_rng(1)  # same labels for every run
-    with_types = args.model == "tiny"  # DistilBERT has no token_type_ids
-    host = []
-    pads = []
-    for b in batches:
-        pad_to = (
-            args.max_seq_length
-            if cfg.pad_to_max
-            else -(-int(windows.lengths[b].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
-        )
-        pads.append(pad_to)
-        host.append(collate(windows, b, pad_to, with_types, rng, pin=device.type == "cuda"))
+    host, pads = _host_batches(cfg, args, windows, batches, device)
 
     def step(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
@@ -320,20 +214,9 @@ def run(
         [np.full(len(b), p) for b, p in zip(timed_batches, pads[args.warmup :], strict=True)]
     )
     peak, mem_kind = _peak_memory(device)
-    result = RunResult(
-        cfg,
-        seconds,
-        int(real.size),
-        int(real.sum()),
-        int(padded.sum()),
-        train_flops(real, non_embedding, layers, hidden),
-        train_flops(padded, non_embedding, layers, hidden),
-        peak,
-        mem_kind,
-        float(loss),
-        (non_embedding, layers, hidden),
-    )
-    return result
+    return RunResult(cfg, seconds, int(real.size), int(real.sum()), int(padded.sum()),
+                     train_flops(real, non_embedding, layers, hidden), train_flops(padded, non_embedding, layers, hidden),
+                     peak, mem_kind, float(loss), (non_embedding, layers, hidden))
 
 
 def print_report(
@@ -367,6 +250,20 @@ def print_report(
             "(6N + 12*L*d*s per token, s = the window's real length); 'executed' counts padded positions"
         )
     print()
+    _print_table(results, args, device, peak_tflops)
+    if len(results) == 2:
+        a, b = results
+        speedup = (a.samples / a.seconds) / (b.samples / b.seconds)
+        print(
+            f"\nSpeed-up grouped/baseline: {speedup:.2f}x samples/s (same {a.samples} samples in both runs); "
+            f"peak memory {a.peak_mem_gib / b.peak_mem_gib:.2f}x"
+        )
+    print(f"Final losses (sanity, not compared): {', '.join(f'{r.final_loss:.3f}' for r in results)}")
+
+
+def _print_table(results: list[RunResult], args: argparse.Namespace, device: torch.device,
+                 peak_tflops: float | None) -> None:
+    """One markdown row per run: throughput, padding, memory, and MFU where a GPU's peak is known."""
     header = [
         "run",
         "padding",
@@ -405,14 +302,6 @@ def print_report(
             hfu,
         ]
         print("| " + " | ".join(row) + " |")
-    if len(results) == 2:
-        a, b = results
-        speedup = (a.samples / a.seconds) / (b.samples / b.seconds)
-        print(
-            f"\nSpeed-up grouped/baseline: {speedup:.2f}x samples/s (same {a.samples} samples in both runs); "
-            f"peak memory {a.peak_mem_gib / b.peak_mem_gib:.2f}x"
-        )
-    print(f"Final losses (sanity, not compared): {', '.join(f'{r.final_loss:.3f}' for r in results)}")
 
 
 def main(argv: list[str] | None = None) -> None:
