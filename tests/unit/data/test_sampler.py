@@ -3,7 +3,6 @@ tested in test_sampler_sharding.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,8 @@ from qa.data.sampler import (
 )
 from qa.model.loss import padding_invariant_qa_loss
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-SQUAD_DEV = SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"
-BERT_TOKENIZER = SHARED_DATA / "tokenizers" / "bert-base-cased"
+REPO = Path(__file__).resolve().parents[3]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _flat(batches: list[list[int]]) -> list[int]:
@@ -166,26 +164,15 @@ def test_padding_below_10_percent_on_synthetic_squad_lengths() -> None:
 
 @pytest.fixture(scope="module")
 def squad_dev_lengths() -> np.ndarray:
-    if not (SQUAD_DEV.is_file() and BERT_TOKENIZER.is_dir()):
-        pytest.skip(f"shared SQuAD data not found under {SHARED_DATA} (dev-v1.1.json and bert-base-cased)")
-    from transformers import AutoTokenizer
+    import sys
 
-    tokenizer = AutoTokenizer.from_pretrained(str(BERT_TOKENIZER))
-    questions, contexts = [], []
-    for article in json.loads(SQUAD_DEV.read_text())["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                questions.append(qa["question"].lstrip())
-                contexts.append(paragraph["context"])
-    enc = tokenizer(
-        questions,
-        contexts,
-        truncation="only_second",
-        max_length=384,
-        stride=128,
-        return_overflowing_tokens=True,
-    )
-    return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+    sys.path.insert(0, str(REPO / "bench"))
+    from throughput_data import load_real_windows  # the windows the throughput benchmark times
+
+    windows = load_real_windows(SHARED_DATA, 384)
+    if windows is None:
+        pytest.skip(f"shared SQuAD data not found under {SHARED_DATA} (dev-v1.1.json and bert-base-cased)")
+    return windows.lengths
 
 
 def test_padding_below_10_percent_on_real_squad_dev(squad_dev_lengths: np.ndarray) -> None:
