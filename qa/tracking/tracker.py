@@ -227,6 +227,7 @@ class Tracker:
     # ---- logging ---------------------------------------------------------------------------------
 
     def _write_metrics_line(self, record: Mapping[str, Any]) -> None:
+        assert self.metrics_path is not None
         line = json.dumps(record, default=str, separators=(",", ":"))
         try:
             # Opened per call and closed at once: each record reaches the OS immediately, so a crash

@@ -61,6 +61,18 @@ def test_deepspeed_op_cache_is_private_to_the_environment(tmp_path: Path) -> Non
     assert out.stdout.strip() == str(tmp_path)  # an explicit choice wins
 
 
+def test_the_collector_pauses_for_the_imports_and_skips_what_they_made() -> None:
+    probe = ("import gc; from qa.lifecycle import startup; startup.prepare_process(); paused = not gc.isenabled(); "
+             "import torch, transformers; startup.imports_done(); "
+             "print(paused, gc.isenabled(), gc.get_freeze_count() > 100_000); "
+             "made = [[] for _ in range(1000)]; startup.before_exit(); print(gc.get_count() == (0, 0, 0))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # Paused while torch loaded, on again after it, the imported objects frozen; at exit nothing is left to walk.
+    assert out.stdout.split() == ["True", "True", "True", "True"]
+
+
 def test_ctrl_c_before_training_exits_130_with_one_line() -> None:
     probe = ("import os, signal, time; from qa.lifecycle import startup; startup.prepare_process(); "
              "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
