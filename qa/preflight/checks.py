@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +207,8 @@ def check_plan(cfg: Config, world_size: int, cuda: bool) -> list[str]:
     return warnings
 
 
-def _check_zero3(cfg: Config, ds: dict, path: str, env: Mapping[str, str], world_size: int) -> list[str]:
+def _check_zero3(cfg: Config, ds: dict[str, Any], path: str, env: dict[str, str] | os._Environ,
+                 world_size: int) -> list[str]:
     """ZeRO-3's refusals (weights it cannot gather, resume or compile); its warnings otherwise."""
     warnings: list[str] = []
     if not _gathers_16bit_weights(ds, env):
